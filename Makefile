@@ -4,7 +4,7 @@ PYTHON := .venv/bin/python
 STAMP := .venv/.glottis-setup-stamp
 APT_PACKAGES := espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts ffmpeg sox wordnet-base
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-HOURS ?= 10
+HOURS ?= 11.2
 
 .PHONY: setup test lint demo bench data asr tts vocoder wav2vec2 clean-setup
 

@@ -15,6 +15,8 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
+from audio.atomic import atomic_path
+
 __all__ = ["AudioError", "AudioInfo", "info", "load", "save", "resample"]
 
 MAX_SAMPLE_RATE = 768_000  # the highest rate any common converter produces
@@ -139,9 +141,10 @@ def save(
         raise AudioError(path, "refusing to save NaN or infinite samples")
     if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
         raise AudioError(path, f"implausible sample rate {sample_rate} Hz")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     fmt = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}.get(path.suffix.lower())
+    if fmt is None:
+        what = path.suffix or "a file without a suffix"
+        raise AudioError(path, f"cannot write {what}; use .wav, .flac or .ogg")
     sub = subtype if fmt != "OGG" else "VORBIS"
-    sf.write(str(tmp), np.clip(wave, -1.0, 1.0), sample_rate, format=fmt, subtype=sub)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:  # removes the partial file if the write fails
+        sf.write(str(tmp), np.clip(wave, -1.0, 1.0), sample_rate, format=fmt, subtype=sub)

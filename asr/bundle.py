@@ -1,0 +1,137 @@
+"""A model folder that needs nothing else: weights, configs, tokenizer, LM and tuned decoder settings.
+
+    model_dir/
+      model.safetensors   fp16 weights (feature statistics included as buffers)
+      config.json         {"format", "model_type", "model_config", "feature_config", "tokenizer"}
+      decoder.json        tuned LM weight / word score / beam (optional)
+      lm.arpa             word n-gram LM, plain ARPA (optional)
+      README.md           the model card
+
+``python -m asr.bundle --checkpoint exp/x/final.pt --out DIR [--lm lm.arpa] [--decoder decoder.json]``
+writes one from a training checkpoint. ``load_recognizer`` reads either a folder or a checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from asr.model import MODELS
+from asr.recognizer import Recognizer
+from asr.tokenizer import Tokenizer, load_tokenizer
+from audio.atomic import atomic_path, write_json
+from audio.config import from_dict
+from audio.features import FeatureConfig
+from audio.training import CheckpointManager
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_MODEL_DIR", "LoadedModel", "load_recognizer", "export_bundle", "is_ctc_bundle"]
+
+FORMAT = "glottis-ctc-1"
+DEFAULT_MODEL_DIR = Path(__file__).parent / "pretrained" / "conv_bilstm_synth_en"
+
+
+@dataclass
+class LoadedModel:
+    recognizer: torch.nn.Module  # (B, samples), (B,) -> log-probs (B, T, V), (B,)
+    tokenizer: Tokenizer
+    feature_config: FeatureConfig
+    decoder: dict  # tuned decoder settings ({} if none)
+    lm_path: Path | None
+    source: Path
+
+
+def is_ctc_bundle(path: str | os.PathLike) -> bool:
+    config = Path(path) / "config.json"
+    return config.is_file() and json.loads(config.read_text()).get("format") == FORMAT
+
+
+def _build(model_type: str, model_config: dict, feature_config: dict) -> Recognizer:
+    if model_type not in MODELS:
+        raise ValueError(f"unknown model type {model_type!r}; known: {sorted(MODELS)}")
+    model_cls, config_cls = MODELS[model_type]
+    fcfg = from_dict(FeatureConfig, feature_config)
+    return Recognizer(model_cls(from_dict(config_cls, model_config)), fcfg)
+
+
+def load_recognizer(path: str | os.PathLike | None = None, *, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a model folder (default: the bundled model) or a training checkpoint (``.pt``)."""
+    path = Path(path) if path is not None else DEFAULT_MODEL_DIR
+    if path.is_file():
+        state = CheckpointManager.load(path)
+        recognizer = _build(state["config"]["model_type"], state["model_config"], state["feature_config"])
+        recognizer.load_state_dict(state["model"])
+        tokenizer = load_tokenizer(state["tokenizer"])
+        decoder, lm_path = {}, None
+    elif is_ctc_bundle(path):
+        config = json.loads((path / "config.json").read_text())
+        recognizer = _build(config["model_type"], config["model_config"], config["feature_config"])
+        weights = {k: v.float() for k, v in load_file(str(path / "model.safetensors")).items()}
+        recognizer.load_state_dict(weights)
+        tokenizer = load_tokenizer(config["tokenizer"])
+        decoder_file = path / "decoder.json"
+        decoder = json.loads(decoder_file.read_text()) if decoder_file.is_file() else {}
+        lm_path = path / "lm.arpa" if (path / "lm.arpa").is_file() else None
+    elif path == DEFAULT_MODEL_DIR:
+        raise FileNotFoundError(f"the bundled model is missing from {path}; train one with `make asr`")
+    else:
+        raise FileNotFoundError(f"{path}: neither a Glottis CTC model folder nor a checkpoint file")
+    recognizer.eval().to(device)
+    return LoadedModel(recognizer, tokenizer, recognizer.feature_config, decoder, lm_path, path)
+
+
+def export_bundle(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, lm: str | None = None,
+                  decoder: str | None = None, card: str | None = None, fp16: bool = True) -> Path:
+    """Write a model folder from a training checkpoint. Returns the folder."""
+    state = CheckpointManager.load(checkpoint)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = {k: (v.half() if fp16 and v.is_floating_point() and "feat_" not in k else v).contiguous()
+               for k, v in state["model"].items()}
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file(weights, str(tmp))
+    write_json(out / "config.json", {
+        "format": FORMAT,
+        "model_type": state["config"]["model_type"],
+        "model_config": state["model_config"],
+        "feature_config": state["feature_config"],
+        "tokenizer": state["tokenizer"],
+        "training_config": state["config"],
+        "step": state["step"],
+    })
+    for src, name in ((lm, "lm.arpa"), (decoder, "decoder.json"), (card, "README.md")):
+        if src:
+            with atomic_path(out / name) as tmp:
+                shutil.copyfile(src, tmp)
+    log.info("wrote %s (%.1f MB)", out, sum(f.stat().st_size for f in out.iterdir()) / 1e6)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m asr.bundle", description="Export a CTC model folder.")
+    parser.add_argument("--checkpoint", required=True, help="training checkpoint (.pt)")
+    parser.add_argument("--out", required=True, help="model folder to write")
+    parser.add_argument("--lm", help="ARPA LM to include")
+    parser.add_argument("--decoder", help="decoder.json with tuned LM weight and word score")
+    parser.add_argument("--card", help="model card (markdown) to include as README.md")
+    parser.add_argument("--fp32", action="store_true", help="keep float32 weights")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    export_bundle(args.checkpoint, args.out, lm=args.lm, decoder=args.decoder, card=args.card,
+                  fp16=not args.fp32)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

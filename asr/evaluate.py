@@ -1,0 +1,173 @@
+"""Score a recogniser on manifests, tune the LM decoder on dev, and write the recipe's RESULTS.md.
+
+    python -m asr.evaluate tune  --model M --lm lm.arpa --manifest dev.jsonl --out decoder.json
+    python -m asr.evaluate score --model M --lm lm.arpa --decoder decoder.json \
+        --split dev=dev.jsonl --split test=test.jsonl --out scores.json
+    python -m asr.evaluate report --scores scores.json --out RESULTS.md
+
+``M`` is a training checkpoint (``final.pt``) or a model folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from asr.bundle import LoadedModel, load_recognizer
+from asr.decode import DecoderConfig, LMBeamSearchDecoder, greedy_decode, tune_lm_weights
+from asr.metrics import cer, wer
+from audio.atomic import write_json, write_text
+from audio.datasets import BucketBatchSampler, UtteranceDataset, collate_waves
+from audio.manifest import read_manifest
+from audio.training import set_threads
+
+log = logging.getLogger(__name__)
+
+__all__ = ["manifest_log_probs", "score_split"]
+
+
+@torch.inference_mode()
+def manifest_log_probs(model: LoadedModel, manifest: str | Path, *, limit: int | None = None,
+                       max_seconds: float = 200.0) -> tuple[list[str], list[str], list[torch.Tensor], float]:
+    """CTC log-probs of every utterance of a manifest (transcripts the tokenizer cannot spell are left out).
+
+    Returns ``(ids, refs, log_probs [(frames, vocab)], seconds of compute)``.
+    """
+    records = []
+    for r in read_manifest(manifest):
+        try:
+            model.tokenizer.encode(r.text)
+        except ValueError:
+            continue
+        records.append(r)
+    if limit is not None and len(records) > limit:
+        records = records[:: math.ceil(len(records) / limit)]
+    dataset = UtteranceDataset(manifest, sample_rate=model.feature_config.sample_rate, records=records)
+    sampler = BucketBatchSampler(dataset.durations, max_seconds=max_seconds, shuffle=False)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_waves)
+    ids, refs, outputs, compute = [], [], [], 0.0
+    for batch in tqdm(loader, desc=f"acoustic model {Path(manifest).name}", unit="batch", leave=False):
+        start = time.perf_counter()
+        log_probs, lengths = model.recognizer(batch["waves"], batch["lengths"])
+        compute += time.perf_counter() - start
+        ids += batch["ids"]
+        refs += batch["texts"]
+        outputs += [lp[:n] for lp, n in zip(log_probs, lengths.tolist(), strict=True)]
+    return ids, refs, outputs, compute
+
+
+def _decode_all(decode, log_probs: list[torch.Tensor]) -> list[str]:
+    return [decode(lp[None], torch.tensor([lp.shape[0]]))[0].text for lp in log_probs]
+
+
+def score_split(model: LoadedModel, manifest: str, lm_decoder: LMBeamSearchDecoder | None) -> dict:
+    """Greedy and LM CER/WER for one manifest, plus the acoustic model's real-time factor."""
+    ids, refs, log_probs, compute = manifest_log_probs(model, manifest)
+    audio_seconds = sum(r.duration for r in read_manifest(manifest) if r.id in set(ids))
+    greedy = _decode_all(lambda lp, n: greedy_decode(lp, n, model.tokenizer), log_probs)
+    result = {
+        "utterances": len(ids),
+        "hours": round(audio_seconds / 3600, 3),
+        "greedy": {"cer": cer(refs, greedy), "wer": wer(refs, greedy)},
+        "acoustic_rtf": compute / audio_seconds,
+    }
+    examples = list(zip(ids[:5], refs[:5], greedy[:5], strict=True))
+    if lm_decoder is not None:
+        start = time.perf_counter()
+        with_lm = _decode_all(lm_decoder, log_probs)
+        result["lm_decode_rtf"] = (time.perf_counter() - start) / audio_seconds
+        result["lm"] = {"cer": cer(refs, with_lm), "wer": wer(refs, with_lm)}
+        examples = [(*e, h) for e, h in zip(examples, with_lm[:5], strict=False)]
+    result["examples"] = [dict(zip(("id", "ref", "greedy", "lm"), e, strict=False)) for e in examples]
+    return result
+
+
+def cmd_tune(args) -> int:
+    model = load_recognizer(args.model)
+    _, refs, log_probs, _ = manifest_log_probs(model, args.manifest, limit=args.limit)
+    weights = [float(x) for x in args.lm_weights.split(",")]
+    scores = [float(x) for x in args.word_scores.split(",")]
+    best, table = tune_lm_weights(log_probs, refs, tokenizer=model.tokenizer, lm_path=args.lm,
+                                  lm_weights=weights, word_scores=scores, beam=args.beam)
+    write_json(args.out, {**asdict(best), "tuned_on": str(args.manifest), "utterances": len(refs),
+                          "grid": table})
+    log.info("best on dev: %s", best)
+    return 0
+
+
+def cmd_score(args) -> int:
+    model = load_recognizer(args.model)
+    lm_decoder = None
+    if args.lm:
+        tuned = json.loads(Path(args.decoder).read_text()) if args.decoder else {}
+        cfg = DecoderConfig(**{k: v for k, v in tuned.items() if k in DecoderConfig.__dataclass_fields__})
+        lm_decoder = LMBeamSearchDecoder(model.tokenizer, lm_path=args.lm, config=cfg)
+    out = {"model": str(args.model), "lm": str(args.lm) if args.lm else None, "splits": {}}
+    for item in args.split:
+        name, manifest = item.split("=", 1)
+        out["splits"][name] = score_split(model, manifest, lm_decoder)
+        s = out["splits"][name]
+        log.info("%s: greedy CER %.2f%% WER %.2f%%%s", name, 100 * s["greedy"]["cer"], 100 * s["greedy"]["wer"],
+                 f"; LM CER {100 * s['lm']['cer']:.2f}% WER {100 * s['lm']['wer']:.2f}%" if "lm" in s else "")
+    if args.decoder:
+        out["decoder"] = {k: v for k, v in json.loads(Path(args.decoder).read_text()).items() if k != "grid"}
+    write_json(args.out, out)
+    return 0
+
+
+def cmd_report(args) -> int:
+    scores = json.loads(Path(args.scores).read_text())
+    lines = ["# Results", "", f"Model: `{scores['model']}`  ", f"LM: `{scores.get('lm')}`", ""]
+    if "decoder" in scores:
+        d = scores["decoder"]
+        lines += [f"Decoder (tuned on dev): beam {d.get('beam')}, LM weight {d.get('lm_weight')}, "
+                  f"word score {d.get('word_score')}", ""]
+    lines += ["| split | utts | hours | greedy CER | greedy WER | LM CER | LM WER |",
+              "|---|---|---|---|---|---|---|"]
+    for name, s in scores["splits"].items():
+        lm = s.get("lm", {})
+        fmt = lambda v: f"{100 * v:.2f}%" if v is not None else "-"  # noqa: E731
+        lines.append(f"| {name} | {s['utterances']} | {s['hours']} | {fmt(s['greedy']['cer'])} | "
+                     f"{fmt(s['greedy']['wer'])} | {fmt(lm.get('cer'))} | {fmt(lm.get('wer'))} |")
+    write_text(args.out, "\n".join(lines) + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m asr.evaluate", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    tune = sub.add_parser("tune", help="grid-search LM weight and word score on a dev manifest")
+    tune.add_argument("--model", required=True)
+    tune.add_argument("--lm", required=True)
+    tune.add_argument("--manifest", required=True)
+    tune.add_argument("--out", required=True)
+    tune.add_argument("--beam", type=int, default=50)
+    tune.add_argument("--limit", type=int, default=300, help="dev utterances used for tuning")
+    tune.add_argument("--lm-weights", default="0.2,0.4,0.6,0.8,1.0,1.3,1.6")
+    tune.add_argument("--word-scores", default="-1,0,1,2")
+    score = sub.add_parser("score", help="CER/WER per split, greedy and with the LM")
+    score.add_argument("--model", required=True)
+    score.add_argument("--lm")
+    score.add_argument("--decoder")
+    score.add_argument("--split", action="append", required=True, metavar="NAME=MANIFEST")
+    score.add_argument("--out", required=True)
+    report = sub.add_parser("report", help="RESULTS.md from scores.json")
+    report.add_argument("--scores", required=True)
+    report.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    set_threads(None)
+    return {"tune": cmd_tune, "score": cmd_score, "report": cmd_report}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""A recogniser as one module: waveform -> normalised log-mel -> acoustic model -> CTC log-probs."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from audio.augment import spec_augment
+from audio.features import FeatureConfig, FeatureExtractor
+from audio.stats import FeatureStats
+
+__all__ = ["Recognizer"]
+
+
+class Recognizer(nn.Module):
+    """Feature extraction, global mean/variance normalisation and the acoustic model.
+
+    The feature statistics are buffers, so they travel in the state dict with the weights.
+    """
+
+    def __init__(self, model: nn.Module, feature_config: FeatureConfig, stats: FeatureStats | None = None,
+                 spec_augment_args: dict | None = None):
+        super().__init__()
+        self.feature_config = feature_config
+        self.frontend = FeatureExtractor(feature_config, "logmel")
+        dim = self.frontend.dim
+        mean = torch.tensor(stats.mean) if stats else torch.zeros(dim)
+        std = torch.tensor(stats.std) if stats else torch.ones(dim)
+        self.register_buffer("feat_mean", mean.float())
+        self.register_buffer("feat_std", std.float().clamp(min=1e-5))
+        self.model = model
+        self.spec_augment_args = spec_augment_args or {}
+
+    @property
+    def subsampling(self) -> int:
+        return self.model.cfg.subsampling
+
+    @property
+    def frame_shift(self) -> float:
+        """Seconds per output frame."""
+        return self.feature_config.hop_length * self.subsampling / self.feature_config.sample_rate
+
+    def features(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, samples)`` -> normalised log-mel ``(B, frames, n_mels)`` (zero past each length), ``(B,)``."""
+        with torch.autocast(waves.device.type, enabled=False):
+            feats, frame_lengths = self.frontend(waves.float(), lengths)
+        valid = torch.arange(feats.shape[1], device=feats.device)[None, :] < frame_lengths[:, None]
+        feats = (feats - self.feat_mean) / self.feat_std * valid[:, :, None]
+        return feats, frame_lengths
+
+    def forward(self, waves: torch.Tensor, lengths: torch.Tensor, augment_seed: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """waves ``(B, samples)`` float at ``feature_config.sample_rate``, lengths ``(B,)`` samples.
+
+        ``augment_seed`` (training only) applies SpecAugment with that seed.
+        Returns CTC log-probs ``(B, frames', vocab)`` and ``(B,)`` output lengths.
+        """
+        feats, frame_lengths = self.features(waves, lengths)
+        if augment_seed is not None and self.training:
+            feats = spec_augment(feats, frame_lengths, generator=augment_seed, **self.spec_augment_args)
+        return self.model(feats, frame_lengths)

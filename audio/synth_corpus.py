@@ -1,0 +1,534 @@
+"""Build the multi-voice English corpus locally with Debian's synthesisers (espeak-ng, flite, festival).
+
+Stages, each a real file so ``make`` resumes an interrupted build:
+
+1. ``text``: clean English sentences from WordNet's glosses and example sentences (``wordnet-base``),
+   normalised and split into disjoint train/dev/test sentence pools.
+2. ``voices``: the voice table. Each voice is probed: its median pitch and a hash of its audio are stored,
+   and a voice whose probe is identical to another's (a variant the engine silently ignores) is dropped.
+   Train, dev and test voices are disjoint by *underlying speaker*: flite kal16 and festival kal are one
+   speaker, flite slt and festival slt (HTS) are one speaker.
+3. ``build``: synthesise, resample to 16 kHz mono, write manifests and ``stats.json``; plus a
+   single-voice 22.05 kHz subset (festival slt) with its own sentence-disjoint train/dev/test for TTS.
+
+Usage: ``python -m audio.synth_corpus {text,voices,build} --data-dir DIR [--hours 10] [--jobs 2]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict, deque
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from audio.atomic import write_json, write_lines
+from audio.manifest import Utterance, write_manifest
+
+log = logging.getLogger(__name__)
+
+ASR_SAMPLE_RATE = 16000
+TTS_SAMPLE_RATE = 22050
+WORDNET_DIR = Path("/usr/share/wordnet")
+SPLITS = ("train", "dev", "test")
+# Share of the sentence pool and of the hours given to each split.
+SENTENCE_SHARE = {"train": 0.90, "dev": 0.05, "test": 0.05}
+HOUR_SHARE = {"train": 0.90, "dev": 0.05, "test": 0.05}
+# Planned hours: durations are estimated from each voice's probe, and silence trimming makes the real
+# corpus about 7% shorter than planned (10.5 planned gave 9.8 h).
+ASR_HOURS = 11.2
+TTS_HOURS = 2.35  # single-voice subset, all splits together
+TTS_VOICE = "festival-slt"
+PROBE_TEXT = "the quick brown fox jumps over the lazy dog and runs into the forest"
+
+# --------------------------------------------------------------------------------------------- text
+
+_ALLOWED = re.compile(r"^[A-Za-z ,;:'?!.\-]+$")
+_CAPS_WORD = re.compile(r"\b[A-Z]{2,}\b")
+
+
+def clean_sentence(raw: str) -> tuple[str, str] | None:
+    """``(display, normalised)`` for a usable sentence, or None.
+
+    display keeps case and the punctuation that shapes prosody (for TTS); normalised is lowercase
+    a-z, apostrophe and single spaces: exactly the words every engine speaks.
+    """
+    s = raw.strip().strip("`'\" ").replace("`", "'").replace("''", "'")
+    s = re.sub(r"\([^)]*\)", " ", s)  # parenthetical asides are often symbols or abbreviations
+    s = re.sub(r"\s+", " ", s).strip(" ;:,")
+    if not s or not _ALLOWED.match(s) or _CAPS_WORD.search(s):
+        return None
+    if "." in s.rstrip(".!?"):  # abbreviations ("Mr.", "U.S.") are read differently by each engine
+        return None
+    if re.search(r"(^|\s)'|'(\s|$)|--", s):  # quotation marks and dashes, not apostrophes
+        return None
+    words = re.sub(r"[^a-z' ]", " ", s.lower().replace("-", " ")).split()
+    if not 4 <= len(words) <= 24 or any(w.strip("'") != w or len(w) > 18 for w in words):
+        return None
+    return s.replace("-", " "), " ".join(words)
+
+
+def wordnet_sentences(wordnet_dir: Path = WORDNET_DIR) -> list[tuple[str, str]]:
+    """Unique cleaned sentences from WordNet glosses and their quoted examples, in a stable order."""
+    seen: dict[str, str] = {}
+    for path in sorted(wordnet_dir.glob("data.*")):
+        with open(path, encoding="latin-1") as f:
+            for line in f:
+                if line.startswith("  ") or "|" not in line:
+                    continue  # licence header
+                gloss = line.split("|", 1)[1]
+                parts = [p.strip() for p in gloss.split(";")]
+                for part in parts:
+                    if part.startswith('"'):
+                        for example in re.findall(r'"([^"]+)"', part):
+                            cleaned = clean_sentence(example)
+                            if cleaned:
+                                seen.setdefault(cleaned[1], cleaned[0])
+                    else:
+                        cleaned = clean_sentence(part)
+                        if cleaned:
+                            seen.setdefault(cleaned[1], cleaned[0])
+    return [(display, norm) for norm, display in seen.items()]
+
+
+def sentence_split(normalised: str) -> str:
+    """Assign a sentence to a split by a hash of its normalised text: stable and order-free."""
+    h = int(hashlib.sha1(normalised.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    if h < SENTENCE_SHARE["train"]:
+        return "train"
+    return "dev" if h < SENTENCE_SHARE["train"] + SENTENCE_SHARE["dev"] else "test"
+
+
+def build_text(data_dir: Path, min_word_count: int = 10) -> None:
+    """Write ``text/sentences.tsv`` (split, normalised, display) of sentences made of common words.
+
+    WordNet glosses are full of rare technical terms; keeping sentences whose every word occurs in at
+    least ``min_word_count`` sentences leaves ~75k everyday sentences and a vocabulary an n-gram LM covers.
+    """
+    sentences = wordnet_sentences()
+    if not sentences:
+        raise RuntimeError(f"no sentences found under {WORDNET_DIR}: is wordnet-base installed?")
+    counts = Counter(w for _, norm in sentences for w in set(norm.split()))
+    sentences = [(d, n) for d, n in sentences if all(counts[w] >= min_word_count for w in n.split())]
+    rows = [f"{sentence_split(norm)}\t{norm}\t{display}" for display, norm in sentences]
+    write_lines(data_dir / "text" / "sentences.tsv", rows)
+    counts = Counter(r.split("\t", 1)[0] for r in rows)
+    log.info("wrote %d sentences (%s)", len(rows), dict(counts))
+
+
+def build_lm_text(data_dir: Path) -> None:
+    """``text/lm_train.txt``: every normalised sentence of the train pool, one per line.
+
+    These are training sentences only (dev/test pools are excluded), so the LM never saw a test sentence.
+    """
+    pools = read_sentences(data_dir)
+    write_lines(data_dir / "text" / "lm_train.txt", (norm for norm, _ in pools["train"]))
+    log.info("wrote %d LM training sentences", len(pools["train"]))
+
+
+def read_sentences(data_dir: Path) -> dict[str, list[tuple[str, str]]]:
+    pools: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    with open(data_dir / "text" / "sentences.tsv", encoding="utf-8") as f:
+        for line in f:
+            split, norm, display = line.rstrip("\n").split("\t")
+            pools[split].append((norm, display))
+    return pools
+
+
+# ------------------------------------------------------------------------------------------- voices
+
+
+@dataclass(frozen=True)
+class Voice:
+    name: str  # unique, file-name safe
+    engine: str  # espeak-ng | flite | festival
+    speaker: str  # the underlying speaker: splits are disjoint on this
+    split: str
+    args: tuple[str, ...] = ()  # engine-specific settings
+    median_f0: float = 0.0  # Hz, from the probe
+    sec_per_char: float = 0.07  # from the probe, to plan durations
+
+
+ESPEAK_ACCENTS = ["en-us", "en", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-gb-x-gbclan"]
+ESPEAK_HELDOUT_ACCENTS = ["en-us-nyc", "en-gb-x-gbcwmd"]
+ESPEAK_VARIANTS = {
+    "train": ["m1", "m2", "m3", "m5", "m6", "f1", "f2", "f5", "klatt", "klatt2", "croak", "Andy"],
+    "dev": ["m4", "f3", "klatt3"],
+    "test": ["m7", "f4", "klatt4", "max"],
+}
+OTHER_VOICES = [
+    # name, engine, speaker, split, args
+    ("flite-kal16", "flite", "kal", "train", ("kal16",)),
+    ("festival-kal", "festival", "kal", "train", ("voice_kal_diphone",)),
+    ("flite-slt", "flite", "slt", "train", ("slt",)),
+    ("festival-slt", "festival", "slt", "train", ("voice_cmu_us_slt_arctic_hts",)),
+    ("flite-rms", "flite", "rms", "dev", ("rms",)),
+    ("flite-awb", "flite", "awb", "test", ("awb",)),
+    ("festival-ked", "festival", "ked", "test", ("voice_ked_diphone",)),
+]
+
+
+def candidate_voices(seed: int = 0) -> list[Voice]:
+    """Every espeak accent x variant (with a pitch/speed setting each) plus the flite and festival voices."""
+    rng = random.Random(seed)
+    voices = []
+    combos = {
+        "train": [(a, v) for a in ESPEAK_ACCENTS for v in ESPEAK_VARIANTS["train"]],
+        "dev": [(a, v) for a in ESPEAK_ACCENTS[:2] for v in ESPEAK_VARIANTS["dev"]],
+        "test": [(a, v) for a in ESPEAK_HELDOUT_ACCENTS for v in ESPEAK_VARIANTS["test"]],
+    }
+    for split, pairs in combos.items():
+        for accent, variant in pairs:
+            pitch, speed = rng.choice([35, 45, 50, 55, 65]), rng.choice([140, 160, 175, 190])
+            voices.append(
+                Voice(
+                    name=f"espeak-{accent}+{variant}-p{pitch}-s{speed}",
+                    engine="espeak-ng",
+                    speaker=f"espeak-{accent}+{variant}",
+                    split=split,
+                    args=(f"{accent}+{variant}", str(pitch), str(speed)),
+                )
+            )
+    voices += [Voice(name=n, engine=e, speaker=s, split=sp, args=a) for n, e, s, sp, a in OTHER_VOICES]
+    return voices
+
+
+def _festival_script(voice: Voice, items: list[tuple[str, Path]]) -> str:
+    def quote(text: str) -> str:
+        return '"' + text.replace("\\", "").replace('"', "") + '"'
+
+    lines = [
+        f"({voice.args[0]})",
+        "(define (synth_to text file)"
+        " (utt.save.wave (utt.synth (eval (list 'Utterance 'Text text))) file 'riff))",
+    ]
+    lines += [f"(synth_to {quote(text)} {quote(str(path))})" for text, path in items]
+    return "\n".join(lines) + "\n"
+
+
+def synthesize_raw(voice: Voice, items: list[tuple[str, Path]]) -> None:
+    """Synthesise each ``(text, wav_path)`` at the engine's native rate. Raises on engine failure."""
+    if voice.engine == "espeak-ng":
+        name, pitch, speed = voice.args
+        for text, path in items:
+            cmd = ["espeak-ng", "-v", name, "-p", pitch, "-s", speed, "-w", str(path), text]
+            subprocess.run(cmd, check=True, capture_output=True)
+    elif voice.engine == "flite":
+        for text, path in items:
+            subprocess.run(["flite", "-voice", voice.args[0], "-t", text, "-o", str(path)], check=True,
+                           capture_output=True)
+    elif voice.engine == "festival":
+        with tempfile.NamedTemporaryFile("w", suffix=".scm", delete=False) as f:
+            f.write(_festival_script(voice, items))
+        try:
+            subprocess.run(["festival", "-b", f.name], check=True, capture_output=True, timeout=3600)
+        finally:
+            os.unlink(f.name)
+    else:
+        raise ValueError(f"unknown engine {voice.engine!r}")
+
+
+def probe_voice(voice: Voice) -> tuple[Voice, str] | None:
+    """Synthesise the probe sentence; return the voice with pitch and rate filled in, and an audio hash."""
+    import librosa
+    import soundfile as sf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "probe.wav"
+        try:
+            synthesize_raw(voice, [(PROBE_TEXT, path)])
+            wave, sr = sf.read(str(path), dtype="float32")
+        except (subprocess.CalledProcessError, RuntimeError, OSError) as err:
+            log.warning("voice %s failed its probe: %s", voice.name, err)
+            return None
+    if wave.ndim > 1:
+        wave = wave.mean(axis=1)
+    if len(wave) < sr * 0.5 or np.abs(wave).max() < 1e-3:
+        log.warning("voice %s produced no usable audio", voice.name)
+        return None
+    frame = 2048 if sr > 24000 else 1024
+    f0 = librosa.yin(wave, fmin=60, fmax=500, sr=sr, frame_length=frame, hop_length=frame // 4)
+    rms = librosa.feature.rms(y=wave, frame_length=frame, hop_length=frame // 4)[0][: len(f0)]
+    voiced = rms > 0.1 * rms.max()  # yin reports a pitch everywhere; count the loud frames only
+    median_f0 = float(np.median(f0[voiced])) if voiced.any() else 0.0
+    digest = hashlib.sha1(np.round(wave, 4).tobytes()).hexdigest()
+    probed = Voice(**{**asdict(voice), "args": voice.args, "median_f0": round(median_f0, 1),
+                      "sec_per_char": len(wave) / sr / len(PROBE_TEXT)})
+    return probed, digest
+
+
+def build_voices(data_dir: Path, jobs: int) -> None:
+    candidates = candidate_voices()
+    kept, seen = [], {}
+    with ProcessPoolExecutor(jobs) as pool:
+        for voice, result in zip(candidates, pool.map(probe_voice, candidates), strict=True):
+            if result is None:
+                continue
+            probed, digest = result
+            if digest in seen:
+                log.warning("dropping %s: identical to %s (variant ignored by the engine)", voice.name,
+                            seen[digest])
+                continue
+            seen[digest] = voice.name
+            kept.append(probed)
+    by_split = defaultdict(set)
+    for v in kept:
+        by_split[v.split].add(v.speaker)
+    assert not (by_split["train"] & (by_split["dev"] | by_split["test"])), "speaker leak across splits"
+    write_json(data_dir / "voices.json", [asdict(v) for v in kept])
+    log.info("kept %d of %d voices: %s", len(kept), len(candidates),
+             {s: len([v for v in kept if v.split == s]) for s in SPLITS})
+
+
+def read_voices(data_dir: Path) -> list[Voice]:
+    with open(data_dir / "voices.json", encoding="utf-8") as f:
+        return [Voice(**{**v, "args": tuple(v["args"])}) for v in json.load(f)]
+
+
+# -------------------------------------------------------------------------------------------- build
+
+
+@dataclass
+class Job:
+    """One voice synthesising a chunk of sentences; done when every output file exists."""
+
+    voice: Voice
+    # (utt_id, text to speak, output path, sample rate) for each output; an item may have two outputs
+    items: list[tuple[str, str, list[tuple[Path, int]]]] = field(default_factory=list)
+
+    def done(self) -> bool:
+        return all(p.exists() for _, _, outs in self.items for p, _ in outs)
+
+
+def run_job(job: Job) -> list[str]:
+    """Synthesise a job's missing items, resample and write them atomically. Returns failed utt ids."""
+    import soundfile as sf
+    import torch
+
+    from audio.io import resample, save
+
+    torch.set_num_threads(1)
+    todo = [it for it in job.items if not all(p.exists() for p, _ in it[2])]
+    failed = []
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = [(text, Path(tmp) / f"{uid}.wav") for uid, text, _ in todo]
+        try:
+            synthesize_raw(job.voice, raw)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as err:
+            log.warning("%s: engine failed on a chunk (%s); retrying one by one", job.voice.name, err)
+            for pair in raw:
+                try:
+                    synthesize_raw(job.voice, [pair])
+                except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+                    pass
+        for (uid, _, outs), (_, raw_path) in zip(todo, raw, strict=True):
+            try:
+                data, sr = sf.read(str(raw_path), dtype="float32", always_2d=True)
+            except (RuntimeError, OSError):
+                failed.append(uid)
+                continue
+            wave = torch.from_numpy(data.mean(axis=1))
+            wave = trim_silence(wave, sr)
+            if wave.numel() < sr // 4:
+                failed.append(uid)
+                continue
+            peak = wave.abs().max().clamp_min(1e-4)
+            wave = wave * (0.9 / peak)  # the engines' levels differ by 20 dB; training adds random gain
+            for path, rate in outs:
+                save(path, resample(wave, sr, rate), rate)
+    return failed
+
+
+def trim_silence(wave, sample_rate: int, *, threshold_db: float = -45.0, keep_s: float = 0.1):
+    """Trim leading/trailing silence below ``threshold_db`` of the peak, keeping ``keep_s`` of margin."""
+    import torch
+
+    frame = max(1, sample_rate // 100)
+    n = wave.numel() // frame
+    if n == 0:
+        return wave
+    energy = wave[: n * frame].reshape(n, frame).pow(2).mean(dim=1)
+    level = 10 * torch.log10(energy / energy.max().clamp_min(1e-12) + 1e-12)
+    voiced = torch.nonzero(level > threshold_db).flatten()
+    if voiced.numel() == 0:
+        return wave[:0]
+    keep = int(keep_s * sample_rate)
+    start = max(0, int(voiced[0]) * frame - keep)
+    end = min(wave.numel(), (int(voiced[-1]) + 1) * frame + keep)
+    return wave[start:end]
+
+
+def plan_jobs(data_dir: Path, hours: float, tts_hours: float, chunk: int = 40, seed: int = 0):
+    """Assign sentences to voices until each split reaches its share of ``hours``.
+
+    Returns ``(jobs, asr_records, tts_records)`` where the records are planned manifests (durations are
+    filled in after synthesis). Every sentence is spoken once per corpus (ASR or TTS), and the single
+    TTS voice reads train sentences for TTS-train and dev/test sentences for TTS-dev/test, so no TTS test
+    sentence is in any training set.
+    """
+    rng = random.Random(seed)
+    pools = {}
+    for split, sentences in read_sentences(data_dir).items():
+        rng.shuffle(sentences)
+        # TTS takes sentences from the right end and ASR from the left, so asking for more hours of
+        # either only appends to the plan: a larger build reuses every file of a smaller one.
+        pools[split] = deque(sentences)
+    voices = read_voices(data_dir)
+    tts_voice = next(v for v in voices if v.name == TTS_VOICE)
+    out = data_dir / "wav"
+    jobs: list[Job] = []
+    open_job: dict[str, Job] = {}  # voice name -> the job still taking items
+    asr, tts = defaultdict(list), defaultdict(list)
+
+    def wav_name(uid: str, voice: Voice, text: str) -> str:
+        # The digest ties a file to what it says, so a changed plan never reuses a stale file.
+        return f"{uid}_{hashlib.sha1(f'{voice.name}|{text}'.encode()).hexdigest()[:8]}.wav"
+
+    def add(voice: Voice, uid: str, text: str, outs: list[tuple[Path, int]]):
+        job = open_job.get(voice.name)
+        if job is None or len(job.items) >= chunk:
+            job = open_job[voice.name] = Job(voice)
+            jobs.append(job)
+        job.items.append((uid, text, outs))
+
+    # The TTS subset first: it takes sentences from each pool in proportion.
+    tts_share = {"train": 0.90, "dev": 0.05, "test": 0.05}
+    for split in SPLITS:
+        budget = tts_hours * 3600 * tts_share[split]
+        while budget > 0 and pools[split]:
+            norm, display = pools[split].pop()
+            uid = f"tts_{split}_{len(tts[split]):05d}"
+            wav22 = out / "tts" / split / wav_name(uid, tts_voice, display)
+            outs = [(wav22, TTS_SAMPLE_RATE)]
+            # A slice of TTS-train also serves ASR training, as any train voice would.
+            if split == "train" and len(tts[split]) % 6 == 0:
+                outs.append((out / "asr" / "train" / tts_voice.name / wav_name(uid, tts_voice, display),
+                             ASR_SAMPLE_RATE))
+                asr["train"].append((uid, norm, tts_voice, outs[1][0]))
+            add(tts_voice, uid, display, outs)
+            tts[split].append((uid, norm, display, tts_voice, wav22))
+            budget -= len(norm) * tts_voice.sec_per_char
+
+    for split in SPLITS:
+        split_voices = [v for v in voices if v.split == split]
+        budget = hours * 3600 * HOUR_SHARE[split]
+        budget -= sum(len(n) * v.sec_per_char for _, n, v, _ in asr[split])
+        i = 0
+        while budget > 0:
+            if not pools[split]:
+                log.warning("%s: ran out of sentences with %.2f h still to plan", split, budget / 3600)
+                break
+            norm, display = pools[split].popleft()
+            voice = split_voices[i % len(split_voices)]
+            i += 1
+            uid = f"{split}_{len(asr[split]):06d}"
+            path = out / "asr" / split / voice.name / wav_name(uid, voice, norm)
+            add(voice, uid, norm, [(path, ASR_SAMPLE_RATE)])
+            asr[split].append((uid, norm, voice, path))
+            budget -= len(norm) * voice.sec_per_char
+    return jobs, asr, tts
+
+
+def build(data_dir: Path, hours: float, tts_hours: float, jobs: int) -> None:
+    import soundfile as sf
+
+    start = time.time()
+    job_list, asr, tts = plan_jobs(data_dir, hours, tts_hours)
+    todo = [j for j in job_list if not j.done()]
+    log.info("%d synthesis jobs, %d still to run (%d workers)", len(job_list), len(todo), jobs)
+    failed: list[str] = []
+    # Slow engines first, so the pool does not end on one long festival job.
+    todo.sort(key=lambda j: (j.voice.engine != "festival", -len(j.items)))
+    from tqdm import tqdm
+
+    with ProcessPoolExecutor(jobs) as pool:
+        futures = [pool.submit(run_job, j) for j in todo]
+        for fut in tqdm(as_completed(futures), total=len(futures), desc="synthesising", unit="job"):
+            failed += fut.result()
+    if failed:
+        log.warning("%d utterances failed to synthesise and are left out: %s", len(failed), failed[:20])
+    failed_set = set(failed)
+    manifests = data_dir / "manifests"
+    stats: dict = {"asr": {}, "tts": {}, "build_seconds": None}
+
+    def record(uid, text, voice: Voice, path: Path, manifest_dir: Path) -> Utterance | None:
+        if uid in failed_set or not path.exists():
+            return None
+        meta = sf.info(str(path))
+        return Utterance(id=uid, audio=os.path.relpath(path, manifest_dir), text=text, speaker=voice.speaker,
+                         duration=round(meta.frames / meta.samplerate, 3), sample_rate=meta.samplerate,
+                         engine=voice.engine, voice=voice.name)
+
+    for split in SPLITS:
+        recs = [r for r in (record(u, n, v, p, manifests) for u, n, v, p in asr[split]) if r]
+        write_manifest(manifests / f"{split}.jsonl", recs)
+        stats["asr"][split] = split_stats(recs)
+        trecs = [r for r in (record(u, d, v, p, manifests / "tts") for u, _, d, v, p in tts[split]) if r]
+        write_manifest(manifests / "tts" / f"{split}.jsonl", trecs)
+        stats["tts"][split] = split_stats(trecs)
+    stats["asr"]["total_hours"] = round(sum(stats["asr"][s]["hours"] for s in SPLITS), 3)
+    stats["asr"]["total_voices"] = sum(stats["asr"][s]["voices"] for s in SPLITS)
+    stats["tts"]["voice"] = TTS_VOICE
+    stats["tts"]["total_hours"] = round(sum(stats["tts"][s]["hours"] for s in SPLITS), 3)
+    stats["failed"] = sorted(failed_set)
+    stats["build_seconds"] = round(time.time() - start, 1)
+    write_json(data_dir / "stats.json", stats)
+    log.info("corpus: %.2f h ASR over %d voices, %.2f h TTS, in %.0f s", stats["asr"]["total_hours"],
+             stats["asr"]["total_voices"], stats["tts"]["total_hours"], stats["build_seconds"])
+
+
+def split_stats(records: list[Utterance]) -> dict:
+    return {
+        "utterances": len(records),
+        "hours": round(sum(r.duration for r in records) / 3600, 3),
+        "voices": len({r.voice for r in records}),
+        "speakers": len({r.speaker for r in records}),
+        "per_voice": dict(Counter(r.voice for r in records)),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m audio.synth_corpus", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stage", choices=["text", "voices", "build", "lm-text"])
+    parser.add_argument("--data-dir", type=Path, required=True, help="output folder of the corpus")
+    parser.add_argument("--hours", type=float, default=ASR_HOURS,
+                        help="planned hours of ASR audio, train+dev+test (the result is ~7%% less)")
+    parser.add_argument("--tts-hours", type=float, default=TTS_HOURS, help="hours of the single-voice subset")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel synthesis processes")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    for tool in ("espeak-ng", "flite", "festival"):
+        if shutil.which(tool) is None:
+            log.error("%s is not installed: run `make setup`", tool)
+            return 1
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    if args.stage == "text":
+        build_text(args.data_dir)
+    elif args.stage == "lm-text":
+        build_lm_text(args.data_dir)
+    elif args.stage == "voices":
+        build_voices(args.data_dir, args.jobs)
+    else:
+        build(args.data_dir, args.hours, args.tts_hours, args.jobs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

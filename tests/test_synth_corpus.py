@@ -1,0 +1,89 @@
+"""The synthetic corpus builder, end to end on a tiny scale with the real Debian synthesisers."""
+
+import json
+import shutil
+from dataclasses import asdict
+
+import pytest
+
+from audio import synth_corpus as sc
+from audio.atomic import write_json
+from audio.io import info
+from audio.manifest import read_manifest, resolve_audio
+
+pytestmark = pytest.mark.skipif(
+    not all(shutil.which(t) for t in ("espeak-ng", "flite", "festival")), reason="synthesisers not installed"
+)
+
+
+def test_clean_sentence_keeps_speakable_text_only():
+    assert sc.clean_sentence("`Don't you hate things to be out of order,' she said") is None  # quotes
+    assert sc.clean_sentence("Don't you hate things out of order?") == (
+        "Don't you hate things out of order?", "don't you hate things out of order")
+    assert sc.clean_sentence("a well-known painter of the old school") == (
+        "a well known painter of the old school", "a well known painter of the old school")
+    assert sc.clean_sentence("the 1990s were a decade of change") is None  # digits
+    assert sc.clean_sentence("the NATO alliance was formed later") is None  # spelled-out acronyms
+    assert sc.clean_sentence("Mr. Smith went to the market today") is None  # abbreviations
+    assert sc.clean_sentence("too short") is None
+
+
+def test_sentence_split_is_stable_and_balanced():
+    sentences = [f"sentence number {w} of the corpus" for w in "one two three four five six".split()]
+    assert [sc.sentence_split(s) for s in sentences] == [sc.sentence_split(s) for s in sentences]
+    many = [sc.sentence_split(f"word{i} and more words here") for i in range(4000)]
+    assert 0.85 < many.count("train") / len(many) < 0.95
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory):
+    data = tmp_path_factory.mktemp("corpus")
+    sc.build_text(data)
+    wanted = {"espeak-en-us+m1", "espeak-en+f2", "espeak-en-us+m4", "espeak-en-us-nyc+f4"}
+    voices = [v for v in sc.candidate_voices() if v.speaker in wanted]
+    voices += [v for v in sc.candidate_voices() if v.name in ("festival-slt", "flite-awb")]
+    probed = [sc.probe_voice(v)[0] for v in voices]
+    write_json(data / "voices.json", [asdict(v) for v in probed])
+    sc.build(data, hours=0.02, tts_hours=0.01, jobs=2)
+    return data
+
+
+def test_probe_measures_pitch(tiny_corpus):
+    voices = {v.name: v for v in sc.read_voices(tiny_corpus)}
+    female = next(v for n, v in voices.items() if "+f2" in n)
+    male = next(v for n, v in voices.items() if "+m1" in n)
+    assert female.median_f0 > male.median_f0 + 40  # a female variant really is higher
+
+
+def test_manifests_are_complete_and_disjoint(tiny_corpus):
+    manifests = tiny_corpus / "manifests"
+    splits = {s: read_manifest(manifests / f"{s}.jsonl") for s in sc.SPLITS}
+    for split, records in splits.items():
+        assert records, split
+        for r in records[:5]:
+            meta = info(resolve_audio(manifests / f"{split}.jsonl", r))
+            assert meta.sample_rate == sc.ASR_SAMPLE_RATE and meta.channels == 1
+            assert abs(meta.duration - r.duration) < 1e-3
+            assert r.text == r.text.lower() and r.text.strip()
+    speakers = {s: {r.speaker for r in recs} for s, recs in splits.items()}
+    texts = {s: {r.text for r in recs} for s, recs in splits.items()}
+    assert not speakers["train"] & (speakers["dev"] | speakers["test"])
+    assert not texts["train"] & (texts["dev"] | texts["test"])
+    assert not texts["dev"] & texts["test"]
+    stats = json.loads((tiny_corpus / "stats.json").read_text())
+    assert stats["asr"]["total_hours"] > 0.01
+    assert stats["asr"]["test"]["voices"] == len({r.voice for r in splits["test"]})
+
+
+def test_tts_subset_is_single_voice_at_22k_and_sentence_disjoint(tiny_corpus):
+    manifests = tiny_corpus / "manifests" / "tts"
+    splits = {s: read_manifest(manifests / f"{s}.jsonl") for s in sc.SPLITS}
+    assert {r.voice for recs in splits.values() for r in recs} == {sc.TTS_VOICE}
+    assert all(r.sample_rate == sc.TTS_SAMPLE_RATE for recs in splits.values() for r in recs)
+    train = {r.text.lower() for r in splits["train"]}
+    assert not train & {r.text.lower() for r in splits["test"]}
+
+
+def test_rebuild_is_a_no_op(tiny_corpus):
+    jobs, _, _ = sc.plan_jobs(tiny_corpus, hours=0.02, tts_hours=0.01)
+    assert all(job.done() for job in jobs)
