@@ -11,7 +11,7 @@ HOURS ?= 11.2
 setup: $(STAMP)
 
 # The stamp depends on the files that define the environment, so editing them reruns setup.
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-peers.txt pyproject.toml
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "Installing Debian packages: $$missing"; \
@@ -21,6 +21,7 @@ $(STAMP): requirements.txt pyproject.toml
 	@[ -x $(PYTHON) ] || python3 -m venv .venv
 	$(PYTHON) -m pip install -q --upgrade pip
 	$(PYTHON) -m pip install -q -r requirements.txt
+	$(PYTHON) -m pip install -q --no-deps -r requirements-peers.txt
 	$(PYTHON) -m pip install -q --no-deps -e .
 	@touch $@
 

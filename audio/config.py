@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,13 +34,52 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, *, where: str = "") -> 
         raise ValueError(f"unknown config key(s) {sorted(unknown)} in {where or cls.__name__}")
     kwargs = {}
     for name, value in data.items():
-        tp = hints[name]
-        if _is_dataclass_type(tp) and isinstance(value, dict):
-            value = from_dict(tp, value, where=f"{where}.{name}" if where else name)
-        elif isinstance(value, list) and typing.get_origin(tp) is tuple:
-            value = tuple(value)
-        kwargs[name] = value
+        key = f"{where}.{name}" if where else name
+        kwargs[name] = _coerce(hints[name], value, key)
     return cls(**kwargs)
+
+
+def _coerce(tp, value, key: str):
+    """``value`` as field type ``tp``: nested dataclasses built, lists made tuples, and numbers that YAML
+    read as strings (PyYAML reads ``3e-4`` as a string) parsed. A mismatch is an error naming ``key``."""
+    if _is_dataclass_type(tp):
+        if not isinstance(value, dict):
+            raise ValueError(f"config key {key} must be a mapping, got {value!r}")
+        return from_dict(tp, value, where=key)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for option in options:
+            try:
+                return _coerce(option, value, key)
+            except (TypeError, ValueError) as err:
+                errors.append(str(err))
+        raise ValueError(f"config key {key}: {value!r} fits none of {options}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"config key {key} must be a list, got {value!r}")
+        inner = args[0] if args else typing.Any
+        return tuple(_coerce(inner, v, key) for v in value)
+    if isinstance(value, dict):
+        raise ValueError(f"config key {key} is not a section, got a mapping")
+    if tp is float and not isinstance(value, bool):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"config key {key} must be a number, got {value!r}") from None
+    if tp is int and not isinstance(value, bool):
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if not isinstance(value, int):
+            raise ValueError(f"config key {key} must be an integer, got {value!r}")
+    if tp is bool and not isinstance(value, bool):
+        raise ValueError(f"config key {key} must be true or false, got {value!r}")
+    if tp is str and not isinstance(value, str):
+        raise ValueError(f"config key {key} must be a string, got {value!r}")
+    return value
 
 
 def to_dict(obj) -> dict[str, Any]:

@@ -136,13 +136,22 @@ class StatsAccumulator:
 
 
 def compute_stats(
-    manifest: str | os.PathLike, cfg: FeatureConfig, *, kind: str = "logmel", progress: bool = True
+    manifest: str | os.PathLike,
+    cfg: FeatureConfig,
+    *,
+    kind: str = "logmel",
+    progress: bool = True,
+    max_utterances: int | None = None,
 ) -> FeatureStats:
-    """Stats of ``kind`` features over every utterance of a manifest (audio loaded at ``cfg.sample_rate``).
+    """Stats of ``kind`` features over the utterances of a manifest (audio loaded at ``cfg.sample_rate``).
 
+    ``max_utterances`` keeps an evenly spaced subset: a few thousand utterances pin the mean and std
+    down to well under 1% of the std, at a fraction of the cost of reading a whole corpus.
     Raises AudioError on the first unreadable file, naming it.
     """
     records = read_manifest(manifest)
+    if max_utterances is not None and len(records) > max_utterances:
+        records = records[:: -(-len(records) // max_utterances)]
     extractor = FeatureExtractor(cfg, kind)
     acc = StatsAccumulator(extractor.dim)
     with torch.inference_mode():
@@ -170,11 +179,12 @@ def main(argv: list[str] | None = None, prog: str = "python -m audio.stats") -> 
         help="override a FeatureConfig field, e.g. --set n_mels=40 (repeatable)",
     )
     parser.add_argument("--out", required=True, help="stats JSON to write")
+    parser.add_argument("--max-utterances", type=int, help="use an evenly spaced subset of this size")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_feature_config(args.config, args.overrides)
-        stats = compute_stats(args.manifest, cfg)
+        stats = compute_stats(args.manifest, cfg, max_utterances=args.max_utterances)
     except (AudioError, ValueError, OSError) as err:
         print(f"{prog}: {err}", file=sys.stderr)
         return 1

@@ -94,13 +94,17 @@ def test_overrides_are_parsed_as_yaml_scalars(tmp_path):
     assert load_config(ExpConfig, None, ["name=a=b"]).name == "a=b"  # only the first '=' splits
 
 
-@pytest.mark.xfail(
-    strict=True, reason="PyYAML reads 3e-4 (no dot) as a string and from_dict does not coerce it"
-)
 def test_exponent_notation_gives_a_float(tmp_path):
     path = tmp_path / "exp.yaml"
     path.write_text("lr: 3e-4\n")
     assert load_config(ExpConfig, path).lr == 3e-4
+
+
+def test_wrong_types_are_errors_naming_the_key(tmp_path):
+    with pytest.raises(ValueError, match="lr must be a number"):
+        load_config(ExpConfig, None, ["lr=fast"])
+    with pytest.raises(ValueError, match="lr is not a section"):
+        from_dict(ExpConfig, {"lr": {"x": 1}})
 
 
 def test_unknown_key_in_override_is_an_error():

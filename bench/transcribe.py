@@ -1,0 +1,96 @@
+"""Recognition speed and accuracy, ours (bundled model) vs pocketsphinx's en-US model, on one thread.
+
+Both read the same utterances of the synth_en test split, whose voices are never seen in training.
+The real-time factor (RTF) is compute seconds per second of audio, audio already in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from audio.io import load
+from audio.manifest import read_manifest, resolve_audio
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_MANIFEST = ROOT / "recipes" / "synth_en" / "data" / "manifests" / "test.jsonl"
+UTTERANCES = 60
+
+
+def _test_set(limit: int) -> list[tuple[str, torch.Tensor]]:
+    records = read_manifest(TEST_MANIFEST)
+    records = records[:: max(1, len(records) // limit)][:limit]
+    return [(r.text, load(resolve_audio(TEST_MANIFEST, r), 16000)[0]) for r in records]
+
+
+def _pocketsphinx(data) -> tuple[list[str], float]:
+    from pocketsphinx import Decoder
+
+    decoder = Decoder(samprate=16000, logfn="/dev/null")
+    hyps, compute = [], 0.0
+    for _, wave in data:
+        pcm = (wave.clamp(-1, 1) * 32767).to(torch.int16).numpy().tobytes()
+        start = time.perf_counter()
+        decoder.start_utt()
+        decoder.process_raw(pcm, full_utt=True)
+        decoder.end_utt()
+        compute += time.perf_counter() - start
+        hyp = decoder.hyp()
+        hyps.append(hyp.hypstr.lower() if hyp else "")
+    return hyps, compute
+
+
+def _ours(data, *, use_lm: bool) -> tuple[list[str], float]:
+    from asr.transcribe import Transcriber
+
+    transcriber = Transcriber(use_lm=use_lm)
+    hyps, compute = [], 0.0
+    for _, wave in data:
+        start = time.perf_counter()
+        text, _ = transcriber.decode(transcriber.log_probs(wave))
+        compute += time.perf_counter() - start
+        hyps.append(text)
+    return hyps, compute
+
+
+def run(repeats: int) -> list[dict]:
+    """Rows: RTF and test WER/CER for ours (greedy, LM) and pocketsphinx."""
+    from asr.metrics import cer, wer
+
+    torch.set_num_threads(1)
+    if not TEST_MANIFEST.exists():
+        return [{"benchmark": "transcribe", "impl": "ours", "median_s": None, "ratio_vs_ours": None,
+                 "note": f"{TEST_MANIFEST} missing: run `make data` first"}]
+    data = _test_set(UTTERANCES)
+    refs = [text for text, _ in data]
+    audio_s = sum(w.numel() for _, w in data) / 16000
+    results = {"ours (greedy)": _ours(data, use_lm=False), "ours (LM)": _ours(data, use_lm=True)}
+    try:
+        results["pocketsphinx"] = _pocketsphinx(data)
+    except ImportError:
+        results["pocketsphinx"] = None
+    base = results["ours (greedy)"][1]
+    rows = []
+    for impl, result in results.items():
+        if result is None:
+            rows.append({"benchmark": "transcribe test split", "impl": impl, "median_s": None,
+                         "ratio_vs_ours": None, "note": "pocketsphinx is not installed"})
+            continue
+        hyps, compute = result
+        rows.append({
+            "benchmark": f"transcribe {len(data)} test utts ({audio_s:.0f} s, unseen voices)",
+            "impl": impl,
+            "median_s": compute,
+            "ratio_vs_ours": compute / base,
+            "rtf": round(compute / audio_s, 4),
+            "wer": round(wer(refs, hyps), 4),
+            "cer": round(cer(refs, hyps), 4),
+        })
+    return rows
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(1), indent=1))
