@@ -45,13 +45,15 @@ def colored_noise(samples: int, exponent: float, generator: torch.Generator) -> 
     return noise / noise.pow(2).mean().sqrt().clamp(min=1e-8)
 
 
-def synthetic_rir(sample_rate: int, rt60: float, generator: torch.Generator) -> torch.Tensor:
-    """An exponentially decaying noise impulse response with the given RT60 (seconds). ``(taps,)``."""
+def synthetic_rir(sample_rate: int, rt60: float, generator: torch.Generator, drr_db: float = 3.0) -> torch.Tensor:
+    """An exponentially decaying noise impulse response: RT60 ``rt60`` seconds, and a direct path
+    ``drr_db`` dB above the energy of the reverberant tail (real rooms at speaking distance: about
+    0-10 dB). Unit energy. ``(taps,)``."""
     taps = int(rt60 * sample_rate)
-    t = torch.arange(taps) / sample_rate
-    decay = torch.exp(-6.9078 * t / rt60)  # -60 dB at rt60
-    rir = torch.randn(taps, generator=generator) * decay
-    rir[0] = 1.0  # the direct path
+    t = torch.arange(1, taps) / sample_rate
+    tail = torch.randn(taps - 1, generator=generator) * torch.exp(-6.9078 * t / rt60)  # -60 dB at rt60
+    tail = tail / tail.norm().clamp(min=1e-8) * 10 ** (-drr_db / 20)
+    rir = torch.cat([torch.ones(1), tail])  # the direct path first
     return rir / rir.norm()
 
 
@@ -93,7 +95,7 @@ class WaveAugment:
             cutoff = self._uniform(2500.0, min(7500.0, sr / 2 - 100))
             x = AF.lowpass_biquad(x, sr, cutoff)
         if self._chance(cfg.reverb_prob):
-            rir = synthetic_rir(sr, self._uniform(*cfg.rt60_range), gen)
+            rir = synthetic_rir(sr, self._uniform(*cfg.rt60_range), gen, drr_db=self._uniform(0.0, 10.0))
             wet = AF.fftconvolve(x, rir[None, :])[..., : x.shape[-1]]
             x = wet * (x.abs().max() / wet.abs().max().clamp(min=1e-8))
         if self._chance(cfg.telephone_prob):

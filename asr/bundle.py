@@ -113,6 +113,8 @@ def export_bundle(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, 
         if src:
             with atomic_path(out / name) as tmp:
                 shutil.copyfile(src, tmp)
+        else:
+            (out / name).unlink(missing_ok=True)  # a stale file of an earlier export would be used
     log.info("wrote %s (%.1f MB)", out, sum(f.stat().st_size for f in out.iterdir()) / 1e6)
     return out
 

@@ -72,7 +72,8 @@ def _decode_all(decode, log_probs: list[torch.Tensor]) -> list[str]:
 def score_split(model: LoadedModel, manifest: str, lm_decoder: LMBeamSearchDecoder | None) -> dict:
     """Greedy and LM CER/WER for one manifest, plus the acoustic model's real-time factor."""
     ids, refs, log_probs, compute = manifest_log_probs(model, manifest)
-    audio_seconds = sum(r.duration for r in read_manifest(manifest) if r.id in set(ids))
+    scored = set(ids)
+    audio_seconds = sum(r.duration for r in read_manifest(manifest) if r.id in scored)
     greedy = _decode_all(lambda lp, n: greedy_decode(lp, n, model.tokenizer), log_probs)
     result = {
         "utterances": len(ids),
@@ -96,8 +97,8 @@ def cmd_tune(args) -> int:
     _, refs, log_probs, _ = manifest_log_probs(model, args.manifest, limit=args.limit)
     weights = [float(x) for x in args.lm_weights.split(",")]
     scores = [float(x) for x in args.word_scores.split(",")]
-    best, table = tune_lm_weights(log_probs, refs, tokenizer=model.tokenizer, lm_path=args.lm,
-                                  lm_weights=weights, word_scores=scores, beam=args.beam)
+    decoder = LMBeamSearchDecoder(model.tokenizer, lm_path=args.lm, config=DecoderConfig(beam=args.beam))
+    best, table = tune_lm_weights(log_probs, refs, {"lm_weight": weights, "word_score": scores}, decoder=decoder)
     write_json(args.out, {**asdict(best), "tuned_on": str(args.manifest), "utterances": len(refs),
                           "grid": table})
     log.info("best on dev: %s", best)

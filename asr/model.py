@@ -36,7 +36,7 @@ class ConvBiLSTMConfig:
 
 class _ConvBlock(nn.Module):
     """Conv1d -> BatchNorm -> GELU -> dropout, with ``same``-style padding so output lengths are
-    ``ceil(len / stride)``."""
+    ``ceil(len / stride)`` for odd kernels (``len // stride + 1`` for even ones)."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, dropout: float):
         super().__init__()

@@ -24,6 +24,8 @@ class Recognizer(nn.Module):
         self.feature_config = feature_config
         self.frontend = FeatureExtractor(feature_config, "logmel")
         dim = self.frontend.dim
+        if stats is not None and stats.dim != dim:
+            raise ValueError(f"feature stats have {stats.dim} dims but the features have {dim} (n_mels)")
         mean = torch.tensor(stats.mean) if stats else torch.zeros(dim)
         std = torch.tensor(stats.std) if stats else torch.ones(dim)
         self.register_buffer("feat_mean", mean.float())

@@ -109,7 +109,8 @@ class Transcriber:
         offset = 0  # absolute sample index of buffer[0]
         exhausted = False
         while not exhausted or emitted < offset + buffer.numel():
-            while not exhausted and buffer.numel() < (emitted - offset) + window + context:
+            # "<=": with the buffer exactly full, one more read tells whether this is the last span.
+            while not exhausted and buffer.numel() <= (emitted - offset) + window + context:
                 try:
                     buffer = torch.cat([buffer, next(chunks)])
                 except StopIteration:
@@ -125,8 +126,12 @@ class Transcriber:
                                                                                             device=self.device))
             lp = lp[0, : int(lengths[0])].cpu()
             first = (emitted - left) // sub_hop
-            count = math.ceil((span_end - emitted) / sub_hop)
-            yield lp[first : first + count]
+            if exhausted and span_end == end_all:
+                # The last span keeps every remaining frame: the centred STFT has 1 + samples // hop
+                # frames, one more than ceil(samples / sub_hop) when the length divides evenly.
+                yield lp[first:]
+            else:
+                yield lp[first : first + math.ceil((span_end - emitted) / sub_hop)]
             emitted = span_end
             drop = max(0, emitted - context - offset)
             buffer, offset = buffer[drop:], offset + drop
@@ -153,8 +158,10 @@ class Transcriber:
         spans.append((start, total))
         return spans
 
-    def decode(self, log_probs: torch.Tensor) -> tuple[str, list[Word]]:
-        """Text and word timings for ``(frames, vocab)`` log-probs."""
+    def decode(self, log_probs: torch.Tensor, duration: float | None = None) -> tuple[str, list[Word]]:
+        """Text and word timings for ``(frames, vocab)`` log-probs; times are capped at ``duration``
+        (seconds), as the last frame reaches up to a frame shift past the end of the audio."""
+        limit = math.inf if duration is None else math.floor(duration * 1000) / 1000  # whole ms, not past the end
         texts, words = [], []
         for start, end in self._segments(log_probs):
             seg = log_probs[start:end]
@@ -170,7 +177,8 @@ class Transcriber:
             texts.append(text)
             offset = start * self.frame_shift
             for w in word_timestamps(seg, text, self.tokenizer, self.frame_shift):
-                words.append(Word(w["word"], round(offset + w["start"], 3), round(offset + w["end"], 3)))
+                word_start, word_end = (round(min(offset + w[k], limit), 3) for k in ("start", "end"))
+                words.append(Word(w["word"], word_start, word_end))
         return " ".join(texts), words
 
     # ----------------------------------------------------------------------------------- inputs
@@ -180,13 +188,18 @@ class Transcriber:
             if sample_rate is None:
                 raise ValueError("a waveform needs its sample_rate")
             wave = resample(audio.float().reshape(-1), sample_rate, self.sample_rate)
-            text, words = self.decode(self.log_probs(wave))
-            return Transcript("<tensor>", text, words, wave.numel() / self.sample_rate)
+            if wave.numel() == 0:
+                raise ValueError("cannot transcribe an empty waveform")
+            duration = wave.numel() / self.sample_rate
+            text, words = self.decode(self.log_probs(wave), duration)
+            return Transcript("<tensor>", text, words, duration)
         path = Path(audio)
         meta = info(path)
+        if meta.frames == 0:
+            raise AudioError(path, "audio has zero length")
         chunks = self._read_chunks(path, meta.sample_rate, meta.duration)
         log_probs = torch.cat(list(self._windows_log_probs(chunks)), dim=0)
-        text, words = self.decode(log_probs)
+        text, words = self.decode(log_probs, meta.duration)
         return Transcript(str(path), text, words, meta.duration)
 
     def _read_chunks(self, path: Path, file_rate: int, duration: float, chunk_s: float = 60.0):

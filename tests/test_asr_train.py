@@ -1,0 +1,154 @@
+"""``python -m asr.train`` end to end on the espeak-ng fixture corpus with ``configs/asr/tiny.yaml``:
+the loss falls, checkpoints are atomic and averaged, and an interrupted run resumes exactly."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from asr.train import ASRConfig, main
+from audio.config import load_config
+from audio.training import CheckpointManager, TrainLogger
+from tests.asr_fixtures import TINY_CONFIG, train_args
+
+
+def metric_steps(exp_dir: Path, name: str) -> list[int]:
+    rows = [json.loads(line) for line in (exp_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["step"] for r in rows if r["name"] == name]
+
+
+def metric_values(exp_dir: Path, name: str) -> list[float]:
+    rows = [json.loads(line) for line in (exp_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["value"] for r in rows if r["name"] == name]
+
+
+def checkpoint_steps(exp_dir: Path) -> list[int]:
+    return [CheckpointManager.load(p)["step"] for p in CheckpointManager(exp_dir).steps()]
+
+
+def test_tiny_config_maps_onto_the_dataclasses():
+    cfg = load_config(ASRConfig, TINY_CONFIG, ["train.total_steps=7", "model.lstm_hidden=8"])
+    assert cfg.train.total_steps == 7 and cfg.model.lstm_hidden == 8
+    assert cfg.features.n_mels == 40 and cfg.model.conv_strides == (2,)
+    with pytest.raises(ValueError, match="bogus"):
+        load_config(ASRConfig, TINY_CONFIG, ["train.bogus=1"])
+
+
+def test_unknown_override_is_an_error(asr_corpus, tmp_path):
+    with pytest.raises(ValueError, match="lstm_hiden"):
+        main(train_args(asr_corpus, tmp_path / "exp", "model.lstm_hiden=8"))
+    assert not (tmp_path / "exp" / "checkpoints").exists()
+
+
+def test_loss_falls_and_checkpoints_are_atomic_and_averaged(asr_corpus, tmp_path):
+    exp = tmp_path / "exp"
+    assert main(train_args(asr_corpus, exp, "train.total_steps=30", "train.eval_every=10",
+                           "train.checkpoint_every=10", "train.average_last=2", dev=True)) == 0
+    # Dev loss (the whole corpus, in eval mode) after 10, 20 and 30 steps.
+    assert metric_steps(exp, "dev/loss") == [10, 20, 30]
+    losses = metric_values(exp, "dev/loss")
+    assert losses[2] < losses[1] < losses[0], losses
+    assert losses[2] < 0.6 * losses[0], losses
+
+    assert not list(exp.rglob("*.tmp"))
+    assert [p.name for p in CheckpointManager(exp).steps()] == [
+        "step-00000010.pt", "step-00000020.pt", "step-00000030.pt"]
+    assert checkpoint_steps(exp) == [10, 20, 30]
+    assert (exp / "checkpoints" / "best.pt").is_file()
+    assert (exp / "config.yaml").is_file() and (exp / "curves.png").is_file()
+
+    final = CheckpointManager.load(exp / "final.pt")
+    assert final["averaged"] == ["step-00000020.pt", "step-00000030.pt"]
+    assert "optimizer" not in final and final["step"] == 30
+    a = CheckpointManager.load(exp / "checkpoints" / "step-00000020.pt")["model"]
+    b = CheckpointManager.load(exp / "checkpoints" / "step-00000030.pt")["model"]
+    assert set(final["model"]) == set(a)
+    differs = 0
+    for name, value in final["model"].items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, (a[name] + b[name]) / 2)
+            differs += not torch.equal(value, b[name])
+        else:
+            assert torch.equal(value, b[name])  # e.g. BatchNorm's num_batches_tracked
+    assert differs > 0
+    # Everything needed to rebuild the model travels with the checkpoint.
+    assert {"config", "model_config", "feature_config", "feature_stats", "tokenizer"} <= set(final)
+
+
+def test_a_crash_while_saving_leaves_no_partial_checkpoint(asr_corpus, tmp_path, monkeypatch):
+    import audio.training
+
+    real_save = torch.save
+
+    def crash_at_step_10(obj, path, *args, **kwargs):
+        if isinstance(obj, dict) and obj.get("step") == 10:
+            Path(path).write_bytes(b"half a checkpoint")
+            raise OSError("disk full")
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(audio.training.torch, "save", crash_at_step_10)
+    exp = tmp_path / "exp"
+    with pytest.raises(OSError, match="disk full"):
+        main(train_args(asr_corpus, exp, "train.total_steps=20", "train.checkpoint_every=5"))
+    assert [p.name for p in (exp / "checkpoints").iterdir()] == ["step-00000005.pt"]
+    assert CheckpointManager.load(exp / "checkpoints" / "step-00000005.pt")["step"] == 5
+
+
+def test_resume_after_a_kill_gives_the_uninterrupted_result(asr_corpus, tmp_path, caplog):
+    overrides = ("train.total_steps=20", "train.checkpoint_every=5", "train.average_last=2")
+    whole = tmp_path / "whole"
+    assert main(train_args(asr_corpus, whole, *overrides)) == 0
+    assert checkpoint_steps(whole) == [5, 10, 15, 20]
+
+    # A run killed at step 12: its newest checkpoint is step 10, and there is no final.pt.
+    killed = tmp_path / "killed"
+    shutil.copytree(whole, killed)
+    for name in ("step-00000015.pt", "step-00000020.pt"):
+        (killed / "checkpoints" / name).unlink()
+    (killed / "final.pt").unlink()
+    (killed / "metrics.jsonl").unlink(missing_ok=True)
+    with caplog.at_level(logging.INFO, logger="asr.train"):
+        assert main(train_args(asr_corpus, killed, *overrides)) == 0
+    assert "at step 10" in caplog.text
+    assert checkpoint_steps(killed) == [5, 10, 15, 20]
+
+    # Same data order, optimizer and schedule state: the same weights as the uninterrupted run.
+    for name in ("checkpoints/step-00000020.pt", "final.pt"):
+        got = CheckpointManager.load(killed / name)["model"]
+        want = CheckpointManager.load(whole / name)["model"]
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], atol=1e-6, rtol=1e-5, msg=f"{name} {key}")
+
+
+def test_resume_with_more_steps_continues_and_a_finished_run_does_nothing(asr_corpus, tmp_path, caplog,
+                                                                          monkeypatch):
+    monkeypatch.setattr(TrainLogger, "plot", lambda self, names=None: None)  # ~1.5 s per plot
+    exp = tmp_path / "exp"
+    common = ("train.checkpoint_every=5", "train.eval_every=5")
+    assert main(train_args(asr_corpus, exp, "train.total_steps=10", *common, dev=True)) == 0
+    assert checkpoint_steps(exp) == [5, 10]
+    with caplog.at_level(logging.INFO, logger="asr.train"):
+        assert main(train_args(asr_corpus, exp, "train.total_steps=20", *common, dev=True)) == 0
+    assert "resumed from" in caplog.text and "at step 10" in caplog.text
+    assert checkpoint_steps(exp) == [5, 10, 15, 20]
+    steps = metric_steps(exp, "dev/loss")
+    assert steps == [5, 10, 15, 20]  # strictly increasing: the second run did not start again at 1
+    assert CheckpointManager.load(exp / "final.pt")["step"] == 20
+
+    # Rerunning the finished command trains no further step and logs nothing new.
+    metrics_before = (exp / "metrics.jsonl").read_text()
+    mtimes = {p: p.stat().st_mtime_ns for p in CheckpointManager(exp).steps()}
+    final_before = CheckpointManager.load(exp / "final.pt")["model"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="asr.train"):
+        assert main(train_args(asr_corpus, exp, "train.total_steps=20", *common, dev=True)) == 0
+    assert "at step 20" in caplog.text
+    assert (exp / "metrics.jsonl").read_text() == metrics_before
+    assert {p: p.stat().st_mtime_ns for p in CheckpointManager(exp).steps()} == mtimes
+    final_after = CheckpointManager.load(exp / "final.pt")["model"]
+    assert all(torch.equal(final_after[k], v) for k, v in final_before.items())
