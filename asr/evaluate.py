@@ -72,8 +72,8 @@ def _decode_all(decode, log_probs: list[torch.Tensor]) -> list[str]:
 def score_split(model: LoadedModel, manifest: str, lm_decoder: LMBeamSearchDecoder | None) -> dict:
     """Greedy and LM CER/WER for one manifest, plus the acoustic model's real-time factor."""
     ids, refs, log_probs, compute = manifest_log_probs(model, manifest)
-    scored = set(ids)
-    audio_seconds = sum(r.duration for r in read_manifest(manifest) if r.id in scored)
+    records = {r.id: r for r in read_manifest(manifest)}
+    audio_seconds = sum(records[i].duration for i in ids)
     greedy = _decode_all(lambda lp, n: greedy_decode(lp, n, model.tokenizer), log_probs)
     result = {
         "utterances": len(ids),
@@ -89,7 +89,26 @@ def score_split(model: LoadedModel, manifest: str, lm_decoder: LMBeamSearchDecod
         result["lm"] = {"cer": cer(refs, with_lm), "wer": wer(refs, with_lm)}
         examples = [(*e, h) for e, h in zip(examples, with_lm[:5], strict=False)]
     result["examples"] = [dict(zip(("id", "ref", "greedy", "lm"), e, strict=False)) for e in examples]
+    result["per_voice"] = per_voice_scores([records[i].voice or records[i].speaker for i in ids], refs,
+                                           greedy, with_lm if lm_decoder is not None else None)
     return result
+
+
+def per_voice_scores(voices: list[str], refs: list[str], greedy: list[str], with_lm: list[str] | None
+                     ) -> dict[str, dict]:
+    """CER/WER per voice: a test set of unseen voices is only as good as its worst voice."""
+    groups: dict[str, list[int]] = {}
+    for k, voice in enumerate(voices):
+        groups.setdefault(voice, []).append(k)
+    out = {}
+    for voice, rows in sorted(groups.items()):
+        r = [refs[k] for k in rows]
+        entry = {"utterances": len(rows), "greedy_cer": cer(r, [greedy[k] for k in rows])}
+        if with_lm is not None:
+            entry["lm_cer"] = cer(r, [with_lm[k] for k in rows])
+            entry["lm_wer"] = wer(r, [with_lm[k] for k in rows])
+        out[voice] = entry
+    return out
 
 
 def cmd_tune(args) -> int:
@@ -125,6 +144,10 @@ def cmd_score(args) -> int:
     return 0
 
 
+def _pct(value: float | None) -> str:
+    return f"{100 * value:.2f}%" if value is not None else "-"
+
+
 def cmd_report(args) -> int:
     scores = json.loads(Path(args.scores).read_text())
     lines = ["# Results", "", f"Model: `{scores['model']}`  ", f"LM: `{scores.get('lm')}`", ""]
@@ -136,9 +159,16 @@ def cmd_report(args) -> int:
               "|---|---|---|---|---|---|---|"]
     for name, s in scores["splits"].items():
         lm = s.get("lm", {})
-        fmt = lambda v: f"{100 * v:.2f}%" if v is not None else "-"  # noqa: E731
-        lines.append(f"| {name} | {s['utterances']} | {s['hours']} | {fmt(s['greedy']['cer'])} | "
-                     f"{fmt(s['greedy']['wer'])} | {fmt(lm.get('cer'))} | {fmt(lm.get('wer'))} |")
+        lines.append(f"| {name} | {s['utterances']} | {s['hours']} | {_pct(s['greedy']['cer'])} | "
+                     f"{_pct(s['greedy']['wer'])} | {_pct(lm.get('cer'))} | {_pct(lm.get('wer'))} |")
+    for name, s in scores["splits"].items():
+        if "per_voice" not in s:
+            continue
+        lines += ["", f"Per voice, {name}:", "", "| voice | utts | greedy CER | LM CER | LM WER |",
+                  "|---|---|---|---|---|"]
+        for voice, v in s["per_voice"].items():
+            lines.append(f"| {voice} | {v['utterances']} | {_pct(v['greedy_cer'])} | {_pct(v.get('lm_cer'))} | "
+                         f"{_pct(v.get('lm_wer'))} |")
     write_text(args.out, "\n".join(lines) + "\n")
     return 0
 
