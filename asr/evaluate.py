@@ -197,7 +197,7 @@ def cmd_card(args) -> int:
         f"(dev: {data['dev']['voices']} voices, test: {data['test']['voices']} voices). "
         "The LM is a 3-gram Kneser-Ney model of the training-pool sentences only.", "",
         "## How it was made", "",
-        "```sh", args.command.strip(), "```", "",
+        "```sh", args.recipe.strip(), "```", "",
         f"Trained for {state['step']} steps"
         + (f" in {hours / 60:.0f} minutes of wall time" if hours else "")
         + f"; the exported weights average the last {cfg['train']['average_last']} checkpoints. "
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     card.add_argument("--checkpoint", required=True)
     card.add_argument("--data-stats", required=True)
     card.add_argument("--config", required=True)
-    card.add_argument("--command", required=True, help="the exact commands that produced the model")
+    card.add_argument("--command", dest="recipe", required=True, help="the exact commands that produced the model")
     card.add_argument("--notes", help="anything else the reader must know")
     card.add_argument("--out", required=True)
     args = parser.parse_args(argv)

@@ -131,3 +131,36 @@ def save_config(path: str | os.PathLike, cfg) -> None:
     from audio.atomic import write_text
 
     write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def write_section_if_changed(config_path: str | os.PathLike, section: str, out: str | os.PathLike) -> bool:
+    """Write one top-level section of a YAML config to ``out`` unless ``out`` already holds the same.
+
+    Recipes make feature statistics depend on this file rather than on the whole model config, so
+    editing, say, the learning rate does not recompute statistics and retrain from scratch.
+    Returns True if the file was (re)written.
+    """
+    from audio.atomic import write_text
+
+    with open(config_path, encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    if section not in data:
+        raise ValueError(f"{config_path}: no {section!r} section")
+    text = yaml.safe_dump({section: data[section]}, sort_keys=True)
+    out = Path(out)
+    if out.is_file() and out.read_text(encoding="utf-8") == text:
+        return False
+    write_text(out, text)
+    return True
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m audio.config",
+                                     description="Copy one section of a YAML config, only if it changed.")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--section", required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    write_section_if_changed(args.config, args.section, args.out)
