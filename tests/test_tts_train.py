@@ -1,0 +1,164 @@
+"""Tacotron training: targets, overfitting a few espeak-ng sentences (loss and alignment), exact resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+
+from audio.config import load_config
+from audio.training import CheckpointManager
+from tts.alignment import alignment_scores, mean_scores
+from tts.tacotron import tacotron_loss
+from tts.train import TTSConfig, build_loader, build_model, collate_tts, main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tts" / "tacotron_tiny.yaml"
+SENTENCES = ["the cat sat on a mat.", "a dog ran home.", "we like green apples."]
+
+pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """Three ~1.2 s sentences spoken by espeak-ng (22.05 kHz) and their manifest."""
+    folder = tmp_path_factory.mktemp("tts_corpus")
+    lines = []
+    for i, text in enumerate(SENTENCES):
+        wav = folder / f"u{i}.wav"
+        subprocess.run(["espeak-ng", "-v", "en-us", "-s", "200", "-w", str(wav), text], check=True)
+        info = sf.info(str(wav))
+        lines.append(
+            json.dumps(
+                {
+                    "id": f"u{i}",
+                    "audio": wav.name,
+                    "text": text,
+                    "speaker": "espeak",
+                    "duration": info.duration,
+                    "sample_rate": info.samplerate,
+                }
+            )
+        )
+    manifest = folder / "train.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest
+
+
+def whole_batch(cfg: TTSConfig, manifest: Path) -> dict:
+    loader, _ = build_loader(manifest, cfg, rank=0, world=1, train=False)
+    dataset = loader.dataset
+    return collate_tts(cfg.features, cfg.scale)([dataset[i] for i in range(len(dataset))])
+
+
+def test_collated_targets(corpus):
+    cfg = load_config(TTSConfig, TINY)
+    batch = whole_batch(cfg, corpus)
+    assert batch["ids"].shape[0] == 3 and batch["text_lengths"].max() == batch["ids"].shape[1]
+    assert batch["mels"].shape[2] == cfg.features.n_mels and batch["linears"].shape[2] == cfg.features.n_freqs
+    for b, frames in enumerate(batch["mel_lengths"].tolist()):
+        valid = batch["mels"][b, :frames]
+        assert 0.0 <= valid.min() and valid.max() <= 1.0 and valid.max() > 0.5  # dB-normalised speech
+        assert torch.all(batch["mels"][b, frames:] == 0) and torch.all(batch["linears"][b, frames:] == 0)
+
+
+def _teacher_forced_scores(model, batch, r: int) -> dict[str, float]:
+    model.eval()
+    with torch.no_grad():
+        out = model(
+            batch["ids"], batch["text_lengths"], batch["mels"], batch["mel_lengths"], prenet_dropout=False
+        )
+    model.train()
+    steps = (-(-batch["mel_lengths"] // r)).tolist()
+    return mean_scores(
+        [
+            alignment_scores(out.alignments[b], steps=steps[b], text_length=int(batch["text_lengths"][b]))
+            for b in range(len(steps))
+        ]
+    )
+
+
+def test_overfits_a_few_sentences_and_learns_a_diagonal_alignment(corpus):
+    cfg = load_config(TTSConfig, TINY, ["model.r=3"])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    batch = whole_batch(cfg, corpus)
+    before = _teacher_forced_scores(model, batch, cfg.model.r)
+    optimizer = torch.optim.Adam(model.parameters(), lr=6e-3)
+    history = []
+    for _ in range(80):
+        out = model(batch["ids"], batch["text_lengths"], batch["mels"], batch["mel_lengths"])
+        losses = tacotron_loss(
+            out,
+            batch["mels"],
+            batch["linears"],
+            batch["mel_lengths"],
+            batch["text_lengths"],
+            r=cfg.model.r,
+            guided_weight=cfg.train.guided_attention_weight,
+        )
+        optimizer.zero_grad()
+        losses["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        history.append({k: v.item() for k, v in losses.items()})
+    after = _teacher_forced_scores(model, batch, cfg.model.r)
+    first, last = history[0], history[-1]
+    assert last["loss"] < 0.5 * first["loss"]
+    assert last["mel"] + last["linear"] < 0.8 * (first["mel"] + first["linear"])
+    assert before["diagonality"] < 0.3 and before["focus_rate"] < 0.1
+    assert after["diagonality"] > 0.75, after
+    assert after["monotonic"] > 0.9 and after["end_reached"] == 1.0, after
+    assert after["focus_rate"] > 2 * before["focus_rate"], (before, after)
+
+
+def _train(exp: Path, corpus: Path, *extra: str) -> None:
+    overrides = [
+        "train.total_steps=6",
+        "train.checkpoint_every=2",
+        "train.max_batch_size=2",
+        "train.log_every=1",
+        "train.average_last=2",
+        "train.warmup_steps=2",
+    ]
+    argv = [
+        "--config",
+        str(TINY),
+        "--exp-dir",
+        str(exp),
+        "--train",
+        str(corpus),
+        "--threads",
+        "1",
+        "--no-progress",
+    ]
+    for item in overrides:
+        argv += ["--set", item]
+    assert main(argv + list(extra)) == 0
+
+
+def test_resume_after_a_kill_continues_exactly(corpus, tmp_path):
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    _train(straight, corpus)
+    _train(interrupted, corpus, "--stop-after-steps", "3")
+    manager = CheckpointManager(interrupted)
+    assert [p.name for p in manager.steps()] == ["step-00000002.pt", "step-00000003.pt"]
+    assert CheckpointManager.load(manager.latest())["step"] == 3
+    assert not (interrupted / "final.pt").exists()
+    manager.latest().unlink()  # as if killed after step 3, before it was saved: resume from step 2
+    _train(interrupted, corpus)
+    assert [p.name for p in manager.steps()] == ["step-00000002.pt", "step-00000004.pt", "step-00000006.pt"]
+    resumed = CheckpointManager.load(interrupted / "checkpoints" / "step-00000006.pt")
+    reference = CheckpointManager.load(straight / "checkpoints" / "step-00000006.pt")
+    assert resumed["step"] == 6 and resumed["sampler"] == reference["sampler"]
+    for name, value in reference["model"].items():
+        torch.testing.assert_close(resumed["model"][name], value, atol=1e-6, rtol=1e-5, msg=name)
+    final = CheckpointManager.load(interrupted / "final.pt")
+    assert final["averaged"] == ["step-00000004.pt", "step-00000006.pt"] and "optimizer" not in final
+    logged = [json.loads(line) for line in (interrupted / "metrics.jsonl").read_text().splitlines()]
+    assert max(row["step"] for row in logged if row["name"] == "train/loss") == 6
