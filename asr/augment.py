@@ -31,6 +31,8 @@ class AugmentConfig:
     noise_prob: float = 0.5
     snr_db: tuple[float, float] = (5.0, 35.0)
     spec_augment: bool = True
+    vtlp_prob: float = 0.0  # vocal-tract-length perturbation of the log-mel features (in the model)
+    vtlp_range: tuple[float, float] = (0.9, 1.1)
     time_masks: int = 2
     max_time_width: int = 30  # frames (10 ms each)
     freq_masks: int = 2

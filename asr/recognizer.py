@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from audio.augment import spec_augment
+from audio.augment import spec_augment, vtlp_warp
 from audio.features import FeatureConfig, FeatureExtractor
 from audio.stats import FeatureStats
 
@@ -19,7 +19,8 @@ class Recognizer(nn.Module):
     """
 
     def __init__(self, model: nn.Module, feature_config: FeatureConfig, stats: FeatureStats | None = None,
-                 spec_augment_args: dict | None = None):
+                 spec_augment_args: dict | None = None, vtlp_prob: float = 0.0,
+                 vtlp_range: tuple[float, float] = (0.9, 1.1)):
         super().__init__()
         self.feature_config = feature_config
         self.frontend = FeatureExtractor(feature_config, "logmel")
@@ -32,6 +33,8 @@ class Recognizer(nn.Module):
         self.register_buffer("feat_std", std.float().clamp(min=1e-5))
         self.model = model
         self.spec_augment_args = spec_augment_args or {}
+        self.vtlp_prob = vtlp_prob
+        self.vtlp_range = tuple(vtlp_range)
 
     @property
     def subsampling(self) -> int:
@@ -42,10 +45,16 @@ class Recognizer(nn.Module):
         """Seconds per output frame."""
         return self.feature_config.hop_length * self.subsampling / self.feature_config.sample_rate
 
-    def features(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B, samples)`` -> normalised log-mel ``(B, frames, n_mels)`` (zero past each length), ``(B,)``."""
+    def features(self, waves: torch.Tensor, lengths: torch.Tensor, warp: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, samples)`` -> normalised log-mel ``(B, frames, n_mels)`` (zero past each length), ``(B,)``.
+
+        ``warp`` ``(B,)``: VTLP factors applied to the log-mel bands before normalisation."""
         with torch.autocast(waves.device.type, enabled=False):
             feats, frame_lengths = self.frontend(waves.float(), lengths)
+            if warp is not None:
+                cfg = self.feature_config
+                feats = vtlp_warp(feats, warp, fmin=cfg.fmin, fmax=cfg.mel_fmax, scale=cfg.mel_scale)
         valid = torch.arange(feats.shape[1], device=feats.device)[None, :] < frame_lengths[:, None]
         feats = (feats - self.feat_mean) / self.feat_std * valid[:, :, None]
         return feats, frame_lengths
@@ -57,7 +66,14 @@ class Recognizer(nn.Module):
         ``augment_seed`` (training only) applies SpecAugment with that seed.
         Returns CTC log-probs ``(B, frames', vocab)`` and ``(B,)`` output lengths.
         """
-        feats, frame_lengths = self.features(waves, lengths)
+        warp = None
+        if augment_seed is not None and self.training and self.vtlp_prob > 0:
+            gen = torch.Generator().manual_seed(augment_seed + 1)
+            low, high = self.vtlp_range
+            alphas = low + (high - low) * torch.rand(waves.shape[0], generator=gen, dtype=torch.float64)
+            keep = torch.rand(waves.shape[0], generator=gen) >= self.vtlp_prob
+            warp = alphas.masked_fill(keep, 1.0).to(waves.device)
+        feats, frame_lengths = self.features(waves, lengths, warp)
         if augment_seed is not None and self.training:
             feats = spec_augment(feats, frame_lengths, generator=augment_seed, **self.spec_augment_args)
         return self.model(feats, frame_lengths)

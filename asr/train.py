@@ -65,6 +65,10 @@ class TrainConfig:
     seed: int = 0
     amp: bool = True  # mixed precision, on CUDA only
     dev_max_utterances: int = 400  # dev CER during training on a fixed subset, for speed
+    # Training utterances of these engines (e.g. festival, flite: the few natural-sounding speakers)
+    # are repeated this many times per epoch, so they are not drowned by the many espeak voices.
+    oversample_engines: tuple[str, ...] = ()
+    oversample_factor: int = 1
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,8 @@ def build_loader(manifest: Path, cfg: ASRConfig, tokenizer, *, rank: int, world:
     records = [r for r in read_manifest(manifest) if keep_utterance(r.text, tokenizer)]
     if train:
         records = [r for r in records if r.duration <= cfg.train.max_duration]
+        extra = [r for r in records if r.engine in cfg.train.oversample_engines]
+        records += extra * (cfg.train.oversample_factor - 1)
     if limit is not None and len(records) > limit:
         records = records[:: math.ceil(len(records) / limit)]
     transform = WaveAugment(cfg.augment, cfg.features.sample_rate, seed=cfg.train.seed) if train else None
@@ -170,7 +176,8 @@ def train(cfg: ASRConfig, args: argparse.Namespace) -> Path:
                                        "n_mels": cfg.features.n_mels})
     spec_args = dict(num_time_masks=cfg.augment.time_masks, max_time_width=cfg.augment.max_time_width,
                      num_freq_masks=cfg.augment.freq_masks, max_freq_width=cfg.augment.max_freq_width)
-    recognizer = Recognizer(model_cls(model_cfg), cfg.features, stats, spec_augment_args=spec_args).to(device)
+    recognizer = Recognizer(model_cls(model_cfg), cfg.features, stats, spec_augment_args=spec_args,
+                            vtlp_prob=cfg.augment.vtlp_prob, vtlp_range=cfg.augment.vtlp_range).to(device)
     n_params = sum(p.numel() for p in recognizer.parameters())
     log.info("model: %s, %.2fM parameters, vocab %d", cfg.model_type, n_params / 1e6, tokenizer.vocab_size)
 

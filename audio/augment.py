@@ -1,5 +1,5 @@
 """Data augmentation on batches with lengths: SpecAugment masks, speed perturbation, additive noise at
-a chosen SNR, and telephone-band simulation.
+a chosen SNR, telephone-band simulation, and vocal-tract-length perturbation (VTLP) of mel features.
 
 Every random choice is drawn from an explicit ``torch.Generator`` (or an int seed), never from global
 state, so a run is reproducible from its seed. Padding stays zero: masks fall inside each item's
@@ -18,6 +18,7 @@ from audio.io import resample
 __all__ = [
     "make_generator",
     "spec_augment",
+    "vtlp_warp",
     "change_speed",
     "speed_perturb",
     "add_noise",
@@ -219,3 +220,50 @@ def telephone(
         out = torch.nn.functional.pad(out, (0, size - out.shape[-1]))
     out = out[..., :size]
     return out * _valid_mask(lengths.to(out.device), size).to(out.dtype)
+
+
+def vtlp_warp(
+    feats: torch.Tensor,
+    alphas: torch.Tensor,
+    *,
+    fmin: float,
+    fmax: float,
+    scale: str = "slaney",
+    boundary_hz: float | None = None,
+) -> torch.Tensor:
+    """Vocal-tract-length perturbation (Jaitly & Hinton 2013) of mel-band features.
+
+    Each item's frequency axis is warped piecewise-linearly: ``f -> alpha * f`` up to a boundary, then
+    a straight line to ``fmax`` (which stays fixed), so formants move as if the vocal tract were
+    ``1/alpha`` times as long while the band edges stay put. Band ``i`` of the output takes the input's
+    value at the frequency that maps onto band ``i``'s centre, linearly interpolated between bands.
+
+    Args:
+        feats: ``(B, frames, n_mels)`` mel-band features (power, magnitude or log; interpolated as is).
+        alphas: ``(B,)`` warp factors (1 = unchanged; Jaitly & Hinton draw from 0.9-1.1).
+        fmin, fmax, scale: the mel filterbank's range and scale (``FeatureConfig.fmin/mel_fmax/mel_scale``).
+        boundary_hz: where the slope changes, before warping (default ``0.8 * fmax``).
+    Returns:
+        The warped features, same shape; padding frames stay as they were (zero stays zero).
+    """
+    from audio.features import mel_frequencies
+
+    batch, _, n_mels = feats.shape
+    centres = mel_frequencies(n_mels + 2, fmin=fmin, fmax=fmax, scale=scale)[1:-1].double()  # (n_mels,)
+    alphas = alphas.double().reshape(batch, 1)
+    bound = (0.8 * fmax if boundary_hz is None else boundary_hz) * torch.clamp(alphas, max=1.0) / alphas
+    knee = alphas * bound  # where the boundary lands after warping
+    target = centres[None, :]  # (1, n_mels): output band centres; find the source frequency of each
+    source = torch.where(
+        target <= knee, target / alphas, fmax - (fmax - target) * (fmax - bound) / (fmax - knee)
+    )
+    # Fractional band index of each source frequency, by piecewise-linear interpolation over the centres.
+    pos = torch.searchsorted(centres.contiguous(), source.clamp(centres[0], centres[-1]).contiguous())
+    pos = pos.clamp(1, n_mels - 1)
+    lo_f, hi_f = centres[pos - 1], centres[pos]
+    index = (pos - 1) + (source.clamp(centres[0], centres[-1]) - lo_f) / (hi_f - lo_f)  # (B, n_mels)
+    lo = index.floor().long().clamp(0, n_mels - 1)
+    hi = (lo + 1).clamp(max=n_mels - 1)
+    frac = (index - lo).to(feats.dtype)[:, None, :]
+    gather = lambda idx: torch.gather(feats, 2, idx[:, None, :].expand(-1, feats.shape[1], -1))  # noqa: E731
+    return gather(lo) * (1 - frac) + gather(hi) * frac

@@ -152,3 +152,18 @@ def test_resume_with_more_steps_continues_and_a_finished_run_does_nothing(asr_co
     assert {p: p.stat().st_mtime_ns for p in CheckpointManager(exp).steps()} == mtimes
     final_after = CheckpointManager.load(exp / "final.pt")["model"]
     assert all(torch.equal(final_after[k], v) for k, v in final_before.items())
+
+
+def test_oversampled_engines_are_repeated_in_each_epoch(asr_corpus):
+    from asr.tokenizer import load_tokenizer
+    from asr.train import build_loader
+
+    tokenizer = load_tokenizer(json.loads(Path(asr_corpus.tokenizer).read_text()))
+    base = load_config(ASRConfig, TINY_CONFIG)
+    plain, _ = build_loader(asr_corpus.manifest, base, tokenizer, rank=0, world=1, train=True)
+    more = load_config(ASRConfig, TINY_CONFIG, ["train.oversample_engines=[espeak-ng]", "train.oversample_factor=3"])
+    tripled, _ = build_loader(asr_corpus.manifest, more, tokenizer, rank=0, world=1, train=True)
+    other = load_config(ASRConfig, TINY_CONFIG, ["train.oversample_engines=[flite]", "train.oversample_factor=3"])
+    untouched, _ = build_loader(asr_corpus.manifest, other, tokenizer, rank=0, world=1, train=True)
+    assert len(tripled.dataset) == 3 * len(plain.dataset) > 0
+    assert len(untouched.dataset) == len(plain.dataset)

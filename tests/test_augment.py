@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from audio.augment import add_noise, change_speed, snr_db, spec_augment, speed_perturb, telephone
+from audio.augment import add_noise, change_speed, snr_db, spec_augment, speed_perturb, telephone, vtlp_warp
 
 SR = 16000
 
@@ -166,3 +166,51 @@ def test_telephone_mu_law_adds_quantisation_noise_only():
     assert not torch.equal(clean, coded)
     assert 25.0 < float(snr_db(clean, coded)[0]) < 50.0  # 8-bit mu-law: roughly 35-40 dB SQNR
     assert torch.equal(coded, telephone(wave, lengths, SR, mu_law=True))  # deterministic
+
+
+# ------------------------------------------------------------------------------------------- VTLP
+
+
+def _band_peak_feats(peak_band: int, n_mels: int = 40, frames: int = 6) -> torch.Tensor:
+    bands = torch.arange(n_mels, dtype=torch.float32)
+    bump = torch.exp(-0.5 * ((bands - peak_band) / 1.5) ** 2)
+    return bump.expand(1, frames, n_mels).clone()
+
+
+def _peak_hz(feats: torch.Tensor, fmax: float) -> float:
+    from audio.features import mel_frequencies
+
+    n_mels = feats.shape[-1]
+    centres = mel_frequencies(n_mels + 2, fmin=0.0, fmax=fmax)[1:-1]
+    # centroid of the bump, in Hz, so sub-band shifts count
+    weights = feats[0, 0]
+    return float((weights * centres.float()).sum() / weights.sum())
+
+
+def test_vtlp_with_alpha_one_is_the_identity():
+    feats = torch.randn(3, 7, 40)
+    out = vtlp_warp(feats, torch.ones(3), fmin=0.0, fmax=8000.0)
+    torch.testing.assert_close(out, feats, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("alpha", [0.9, 1.1])
+def test_vtlp_moves_a_formant_by_alpha_below_the_boundary(alpha):
+    feats = _band_peak_feats(20)  # a bump around 1.5 kHz, well below the 6.4 kHz boundary
+    before = _peak_hz(feats, 8000.0)
+    after = _peak_hz(vtlp_warp(feats, torch.tensor([alpha]), fmin=0.0, fmax=8000.0), 8000.0)
+    assert after / before == pytest.approx(alpha, rel=0.03)
+
+
+def test_vtlp_pins_fmax_and_is_per_item():
+    high = _band_peak_feats(38)  # ~6.7 kHz, above the boundary: moves much less than alpha would say
+    before = _peak_hz(high, 8000.0)
+    after = _peak_hz(vtlp_warp(high, torch.tensor([1.1]), fmin=0.0, fmax=8000.0), 8000.0)
+    assert 1.0 < after / before < 1.06  # vs 1.1 below the boundary
+    feats = torch.rand(2, 5, 40)
+    alphas = torch.tensor([0.9, 1.1])
+    out = vtlp_warp(feats, alphas, fmin=0.0, fmax=8000.0)
+    for i in range(2):
+        alone = vtlp_warp(feats[i : i + 1], alphas[i : i + 1], fmin=0.0, fmax=8000.0)
+        torch.testing.assert_close(out[i : i + 1], alone)
+    zero = torch.zeros(1, 4, 40)
+    assert torch.equal(vtlp_warp(zero, torch.tensor([1.1]), fmin=0.0, fmax=8000.0), zero)
