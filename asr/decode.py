@@ -427,6 +427,20 @@ class LMBeamSearchDecoder:
                     continue
                 ids.append(token)
                 frames.append(frame)
+            if self.config.lexicon:
+                # Flashlight may end on a hypothesis that stopped inside a word (when every complete
+                # one was pruned): its tokens spell the started word but `words` does not hold it.
+                # Keep only the tokens of complete lexicon words.
+                n_words, cut = 0, len(ids)
+                for i, token in enumerate(ids):
+                    if token == sep:
+                        n_words += 1
+                        if n_words == len(best.words):
+                            cut = i
+                            break
+                if not best.words:
+                    cut = 0
+                ids, frames = ids[:cut], frames[:cut]
             if ids and ids[-1] == sep:
                 ids.pop()
                 frames.pop()

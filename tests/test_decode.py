@@ -284,3 +284,17 @@ def test_with_config_shares_the_lm_and_configs_round_trip_through_json(word_lm):
         decoder.with_config(DecoderConfig(lexicon=False))
     config = DecoderConfig(beam=7, lm_weight=1.25, word_score=-0.5, unk_score=-10.0)
     assert DecoderConfig(**json.loads(json.dumps(dataclasses.asdict(config)))) == config
+
+
+def test_lexicon_decoder_never_returns_a_word_cut_off_at_the_end(word_lm):
+    # The audio stops inside "table": flashlight may end on a hypothesis that is still inside a word.
+    # Whatever it picks, the text holds only complete lexicon words.
+    lexicon = set(read_arpa_words(word_lm))
+    for cut in range(1, 5):
+        text = "set the " + "table"[:cut]
+        lp = frames_to_log_probs(spelled_frames(text), noise=0.1, seed=cut)
+        for beam in (1, 5, 20):
+            decoder = LMBeamSearchDecoder(TOK, lm_path=word_lm, config=DecoderConfig(beam=beam, lm_weight=1.0))
+            hyp = decoder(lp[None], torch.tensor([lp.shape[0]]))[0]
+            assert set(hyp.text.split()) <= lexicon, (text, beam, hyp.text)
+            assert len(hyp.frames) == len(hyp.token_ids)
