@@ -36,7 +36,7 @@ __all__ = ["BENCHMARKS", "median_times", "make_rows", "markdown_table", "main"]
 log = logging.getLogger("bench")
 
 # Modules to run, in order. Append yours ("bench.decode", "bench.transcribe", ...).
-BENCHMARKS: list[str] = ["bench.features", "bench.decode", "bench.transcribe", "bench.tts"]
+BENCHMARKS: list[str] = ["bench.features", "bench.decode", "bench.transcribe", "bench.tts", "bench.vocoder"]
 
 _OUR_PACKAGES = ("audio", "asr", "tts", "bench")
 

@@ -1,9 +1,9 @@
 """Text to speech: ``glottis synthesize "TEXT" -o out.wav [--model DIR] [--vocoder griffin-lim|wavenet]``.
 
 Text is normalised (numbers and abbreviations spelled out), split into sentences, each sentence is
-synthesised by Tacotron, turned into audio by Griffin-Lim, and the pieces are joined with short pauses.
-``--text-file F --out-dir D`` synthesises every non-empty line of F to ``D/0001.wav``, ... ; ``--plot``
-writes the alignment and mel spectrogram PNGs next to each wav.
+synthesised by Tacotron, turned into audio by Griffin-Lim (or the WaveNet vocoder, ``tts.vocode``), and
+the pieces are joined with short pauses. ``--text-file F --out-dir D`` synthesises every non-empty line
+of F to ``D/0001.wav``, ... ; ``--plot`` writes the alignment and mel spectrogram PNGs next to each wav.
 
 Python API::
 
@@ -66,8 +66,8 @@ class Synthesizer:
 
     Args:
         model: a model folder or training checkpoint (default: the bundled model).
-        vocoder: ``"griffin-lim"``; ``"wavenet"`` raises :class:`VocoderUnavailable` until the WaveNet
-            vocoder lands.
+        vocoder: ``"griffin-lim"`` or ``"wavenet"`` (:class:`VocoderUnavailable` if there is no vocoder).
+        vocoder_model: WaveNet folder or checkpoint (default: the bundled ``WAVENET_MODEL_DIR``).
         seed: seeds the pre-net dropout and Griffin-Lim's initial phases, so output is reproducible.
         max_decoder_steps: per-sentence guard (default: the model's).
         griffin_lim: Griffin-Lim settings to use instead of the model's.
@@ -78,19 +78,29 @@ class Synthesizer:
         model: str | os.PathLike | None = None,
         *,
         vocoder: str = "griffin-lim",
+        vocoder_model: str | os.PathLike | None = None,
         seed: int = 0,
         max_decoder_steps: int | None = None,
         griffin_lim: GriffinLimConfig | None = None,
     ):
         if vocoder not in VOCODERS:
             raise VocoderUnavailable(f"unknown vocoder {vocoder!r}; choose from {VOCODERS}")
-        if vocoder == "wavenet":
-            raise VocoderUnavailable(
-                "the WaveNet vocoder is not available yet"
-                + ("" if not WAVENET_MODEL_DIR.exists() else f" (found {WAVENET_MODEL_DIR}, but no loader)")
-                + "; use --vocoder griffin-lim"
-            )
         self.loaded: LoadedTacotron = load_tacotron(model)
+        self.wavenet = None
+        if vocoder == "wavenet":
+            from tts.vocode import Vocoder
+
+            try:
+                self.wavenet = Vocoder(vocoder_model or WAVENET_MODEL_DIR, seed=seed)
+            except FileNotFoundError as err:
+                raise VocoderUnavailable(
+                    f"the WaveNet vocoder is not available yet: {err}; or use --vocoder griffin-lim"
+                ) from None
+            if self.wavenet.loaded.feature_config != self.loaded.feature_config:
+                raise VocoderUnavailable(
+                    f"the WaveNet vocoder {self.wavenet.loaded.source} was trained on other mel features "
+                    f"than the Tacotron model {self.loaded.source}"
+                )
         self.vocoder = vocoder
         self.seed = seed
         self.max_decoder_steps = max_decoder_steps
@@ -121,14 +131,17 @@ class Synthesizer:
                 torch.tensor(ids), max_decoder_steps=self.max_decoder_steps, generator=generator
             )
             frames = int(out.lengths[0])
-            wave, lengths = linear_to_wave(
-                out.linear[:, :frames],
-                loaded.feature_config,
-                loaded.scale,
-                self.griffin_lim,
-                generator=generator,
-            )
-            pieces += [wave[0, : int(lengths[0])], pause]
+            if self.wavenet is not None:
+                pieces += [self.wavenet.vocode(out.mel[0, :frames]), pause]
+            else:
+                wave, lengths = linear_to_wave(
+                    out.linear[:, :frames],
+                    loaded.feature_config,
+                    loaded.scale,
+                    self.griffin_lim,
+                    generator=generator,
+                )
+                pieces += [wave[0, : int(lengths[0])], pause]
             result.mels.append(out.mel[0, :frames])
             result.alignments.append(out.alignments[0, : frames // loaded.model.cfg.r, : len(ids)])
             result.stopped.append(bool(out.stopped[0]))
@@ -174,6 +187,9 @@ def main(argv: list[str] | None = None, prog: str = "glottis synthesize") -> int
     parser.add_argument("--model", help=f"model folder or checkpoint (default: {DEFAULT_MODEL_DIR})")
     parser.add_argument("--vocoder", choices=VOCODERS, default="griffin-lim")
     parser.add_argument(
+        "--vocoder-model", help=f"WaveNet folder or checkpoint (default: {WAVENET_MODEL_DIR})"
+    )
+    parser.add_argument(
         "--plot", action="store_true", help="also write alignment and mel PNGs next to each wav"
     )
     parser.add_argument("--gl-iters", type=int, help="Griffin-Lim iterations (default: the model's)")
@@ -208,7 +224,9 @@ def main(argv: list[str] | None = None, prog: str = "glottis synthesize") -> int
             raise ValueError(f"{args.text_file} has no text")
         for text, _ in jobs:
             normalize_text(text)  # check every input before loading anything
-        synthesizer = Synthesizer(args.model, vocoder=args.vocoder, seed=args.seed)
+        synthesizer = Synthesizer(
+            args.model, vocoder=args.vocoder, vocoder_model=args.vocoder_model, seed=args.seed
+        )
         if args.gl_iters is not None or args.gl_power is not None:
             gl = synthesizer.griffin_lim
             synthesizer.griffin_lim = replace(

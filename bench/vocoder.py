@@ -1,0 +1,123 @@
+"""WaveNet generation speed on one thread, as the real-time factor at the model's sample rate (22.05 kHz).
+
+Three implementations of the same sampling loop (``tts/wavenet.py``), all producing the same samples:
+
+- ``fast``: the numba-compiled Fast WaveNet loop (cached per-layer queues, fused gate matrices), one
+  utterance, and a batch of 4 utterances (RTF = compute time / total audio);
+- ``torch-cached``: the pure-torch reference of the same cached loop;
+- ``naive``: reruns the parallel network over the whole receptive field for every sample.
+
+The slow ones are timed on short clips and their RTF extrapolated linearly (their cost per sample is
+constant once the clip is longer than the receptive field, which the naive clip is, so the figure is
+honest). The model is the bundled vocoder when it exists, else an untrained one of the default size
+(``configs/tts/wavenet.yaml``): speed does not depend on the weights. ``ratio_vs_ours`` is per second of
+audio (the rows' ``median_s`` are per clip, so the ratio column uses the RTFs).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from audio.config import load_config
+from bench.run import median_times
+from tts.vocode import DEFAULT_VOCODER_DIR, is_vocoder_bundle, load_vocoder
+from tts.vocoder_train import VocoderConfig, build_model
+from tts.wavenet import FastGenerator, WaveNet
+
+__all__ = ["run"]
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tts" / "wavenet.yaml"
+FAST_SECONDS = 2.0
+CACHED_SECONDS = 0.1
+BATCH = 4
+NAIVE_TAIL = 100  # naive samples timed past the receptive field
+
+
+def _model() -> tuple[WaveNet, int, str]:
+    if is_vocoder_bundle(DEFAULT_VOCODER_DIR):
+        loaded = load_vocoder(DEFAULT_VOCODER_DIR)
+        return loaded.model, loaded.feature_config.sample_rate, f"bundled model {DEFAULT_VOCODER_DIR.name}"
+    cfg = load_config(VocoderConfig, CONFIG)
+    torch.manual_seed(0)
+    return build_model(cfg).eval(), cfg.features.sample_rate, "untrained default-size model (no bundle)"
+
+
+def _mel(model: WaveNet, seconds: float, sample_rate: int, batch: int = 1) -> tuple[torch.Tensor, int]:
+    n = int(seconds * sample_rate)
+    frames = n // model.cfg.hop_length + 2
+    return torch.rand(batch, frames, model.cfg.n_mels, generator=torch.Generator().manual_seed(0)), n
+
+
+def run(repeats: int) -> list[dict]:
+    """Rows for ``bench.run``: RTF of fast, fast batched, torch-cached and naive generation."""
+    torch.set_num_threads(1)
+    model, sr, note = _model()
+    fast = FastGenerator(model)
+    mel_fast, n_fast = _mel(model, FAST_SECONDS, sr)
+    mel_batch, _ = _mel(model, FAST_SECONDS, sr, BATCH)
+    mel_cached, n_cached = _mel(model, CACHED_SECONDS, sr)
+    naive_n = model.cfg.receptive_field + NAIVE_TAIL
+    mel_naive, _ = _mel(model, naive_n / sr, sr)
+
+    fast.generate(mel_fast[:, :4], n_samples=2 * model.cfg.hop_length)  # compile (or load the cache)
+    timings = median_times(
+        {
+            "fast": lambda: fast.generate(mel_fast, n_samples=n_fast),
+            f"fast, batch of {BATCH}": lambda: fast.generate(mel_batch, n_samples=n_fast),
+        },
+        repeats=max(1, repeats // 2),
+    )
+    cached = median_times(
+        {"torch-cached": lambda: model.incremental_forward(mel_cached, n_samples=n_cached)},
+        repeats=1,
+        warmup=0,
+    )
+    start = time.perf_counter()
+    model.naive_generate(mel_naive, n_samples=naive_n)
+    naive_s = time.perf_counter() - start
+    # Only the samples past the receptive field pay for the full window: time those NAIVE_TAIL samples as the
+    # difference with a run of the first receptive-field samples alone.
+    start = time.perf_counter()
+    model.naive_generate(mel_naive, n_samples=model.cfg.receptive_field)
+    naive_steady = (naive_s - (time.perf_counter() - start)) / NAIVE_TAIL
+
+    audio = {
+        "fast": n_fast / sr,
+        f"fast, batch of {BATCH}": BATCH * n_fast / sr,
+        "torch-cached": n_cached / sr,
+    }
+    rtf = {name: timings[name] / audio[name] for name in timings}
+    rtf["torch-cached"] = cached["torch-cached"] / audio["torch-cached"]
+    rtf["naive"] = naive_steady * sr
+    rows = []
+    clip = {
+        "fast": timings["fast"],
+        f"fast, batch of {BATCH}": timings[f"fast, batch of {BATCH}"],
+        "torch-cached": cached["torch-cached"],
+        "naive": naive_steady * sr,
+    }
+    for name, value in rtf.items():
+        rows.append(
+            {
+                "benchmark": f"wavenet generation @ {sr} Hz, 1 thread",
+                "impl": name,
+                "median_s": clip[name],
+                "ratio_vs_ours": value / rtf["fast"],
+                "rtf": round(value, 4),
+                "audio_s": round(audio.get(name, 1.0), 3),
+                "threads": 1,
+            }
+        )
+    rows[0]["note"] = (
+        f"{note}; {sum(p.numel() for p in model.parameters()) / 1e6:.3f}M parameters, "
+        f"{len(model.cfg.dilations)} layers, receptive field {model.cfg.receptive_field}"
+    )
+    rows[-1]["note"] = (
+        f"steady cost of {NAIVE_TAIL} samples past the receptive field, extrapolated; speed-up of fast: "
+        + (f"{rtf['naive'] / rtf['fast']:.0f}x")
+    )
+    rows[-2]["note"] = f"extrapolated from {CACHED_SECONDS} s"
+    return rows

@@ -1,0 +1,42 @@
+# WaveNet vocoder on the single-voice TTS split (festival slt, 22.05 kHz), included by ./Makefile after tts.mk.
+#   train -> copy synthesis of the test sentences with WaveNet and Griffin-Lim (same mels) -> transcribe both
+#   (and the recordings) with the ASR model -> MCD and round-trip CER side by side -> RESULTS.md.
+# Every target is a real file; the trainer resumes from its newest checkpoint when rerun.
+VOC_CONFIG ?= $(ROOT)/configs/tts/wavenet.yaml
+VOC_EXP := exp/vocoder_wavenet
+VOC_BUNDLE := $(ROOT)/tts/pretrained/wavenet_synth_en
+VOC_LIMIT ?= 30
+VOC_TRAIN_ARGS ?=
+VOC_COPY := $(VOC_EXP)/copy
+
+.PHONY: vocoder vocoder-bundle
+vocoder: $(VOC_EXP)/scores.json $(VOC_EXP)/RESULTS.md
+
+$(VOC_EXP)/final.pt: $(DATA)/stats.json $(VOC_CONFIG)
+	$(PYTHON) -m tts.vocoder_train --config $(VOC_CONFIG) --exp-dir $(VOC_EXP) \
+	  --train $(TTS_DATA)/train.jsonl --dev $(TTS_DATA)/dev.jsonl $(VOC_TRAIN_ARGS)
+
+# synth.jsonl is written last, after every wav: its presence means the folder is complete.
+$(VOC_COPY)/synth.jsonl: $(VOC_EXP)/final.pt
+	$(PYTHON) -m tts.vocoder_evaluate synth --model $< --manifest $(TTS_DATA)/test.jsonl --out-dir $(@D) \
+	  --limit $(VOC_LIMIT)
+
+$(VOC_EXP)/roundtrip_%.jsonl: $(VOC_COPY)/synth.jsonl
+	$(GLOTTIS) transcribe $(VOC_COPY)/$* --model $(TTS_ASR_MODEL) --format jsonl > $@.tmp && mv $@.tmp $@
+
+$(VOC_EXP)/reference.jsonl: $(VOC_COPY)/synth.jsonl
+	$(GLOTTIS) transcribe $$($(PYTHON) -m tts.evaluate paths --manifest $(VOC_COPY)/manifest.jsonl) \
+	  --model $(TTS_ASR_MODEL) --format jsonl > $@.tmp && mv $@.tmp $@
+
+$(VOC_EXP)/scores.json: $(VOC_EXP)/roundtrip_wavenet.jsonl $(VOC_EXP)/roundtrip_griffin-lim.jsonl $(VOC_EXP)/reference.jsonl
+	$(PYTHON) -m tts.vocoder_evaluate score --synth-dir $(VOC_COPY) \
+	  --roundtrip wavenet=$(VOC_EXP)/roundtrip_wavenet.jsonl \
+	  --roundtrip griffin-lim=$(VOC_EXP)/roundtrip_griffin-lim.jsonl \
+	  --reference $(VOC_EXP)/reference.jsonl --out $@
+
+$(VOC_EXP)/RESULTS.md: $(VOC_EXP)/scores.json
+	$(PYTHON) -m tts.vocoder_evaluate report --scores $< --out $@
+
+# Refresh the vocoder shipped inside the package (fp16, model card with the scores).
+vocoder-bundle: $(VOC_EXP)/scores.json
+	$(PYTHON) -m tts.wavenet_bundle --checkpoint $(VOC_EXP)/final.pt --out $(VOC_BUNDLE) --scores $<

@@ -1,0 +1,346 @@
+"""WaveNet vocoder: mu-law, causality, cached generation == parallel pass (torch and numba), training,
+resume, the bundle, `glottis vocode` and `glottis synthesize --vocoder wavenet`."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from safetensors.torch import load_file
+
+from audio.cli import main as glottis
+from audio.config import load_config
+from audio.training import CheckpointManager
+from tts.vocode import Vocoder, load_vocoder
+from tts.vocoder_train import VocoderConfig, WindowCorpus, build_model
+from tts.vocoder_train import main as train_main
+from tts.wavenet import FastGenerator, WaveNet, WaveNetConfig, mu_law_decode, mu_law_encode
+from tts.wavenet_bundle import export_vocoder
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tts" / "wavenet_tiny.yaml"
+SR = 22050
+
+
+def tiny_net(seed: int = 0) -> WaveNet:
+    torch.manual_seed(seed)
+    cfg = WaveNetConfig(
+        n_mels=8, hop_length=16, residual_channels=8, skip_channels=12, max_dilation=8, cond_channels=8
+    )
+    return WaveNet(cfg).eval()
+
+
+def voiced(seconds: float, f0: float, seed: int) -> np.ndarray:
+    """A gliding harmonic tone with an envelope and a little noise: speech-like enough to learn from."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.3 * np.sin(2 * np.pi * 1.5 * t))) / SR
+    wave = sum(np.sin(k * phase) / k for k in range(1, 8))
+    envelope = 0.5 * (1 - np.cos(2 * np.pi * t / seconds))
+    return (0.3 * envelope * wave + 0.003 * rng.standard_normal(t.shape)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """Four training and two dev utterances of synthetic voiced sound, with manifests."""
+    folder = tmp_path_factory.mktemp("vocoder_corpus")
+    for split, count, base in (("train", 4, 0), ("dev", 2, 10)):
+        lines = []
+        for i in range(count):
+            wav = folder / f"{split}{i}.wav"
+            sf.write(str(wav), voiced(0.6, 110 + 20 * (base + i), base + i), SR)
+            lines.append(
+                json.dumps(
+                    {
+                        "id": f"{split}{i}",
+                        "audio": wav.name,
+                        "text": "a",
+                        "speaker": "s",
+                        "duration": 0.6,
+                        "sample_rate": SR,
+                    }
+                )
+            )
+        (folder / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(corpus, tmp_path_factory) -> Path:
+    """The tiny config trained for its 30 steps; returns the experiment folder."""
+    exp = tmp_path_factory.mktemp("vocoder_exp")
+    args = [
+        "--config",
+        str(TINY),
+        "--exp-dir",
+        str(exp),
+        "--train",
+        str(corpus / "train.jsonl"),
+        "--dev",
+        str(corpus / "dev.jsonl"),
+        "--no-progress",
+    ]
+    assert train_main(args) == 0
+    return exp
+
+
+@pytest.fixture(scope="module")
+def bundle(trained, tmp_path_factory) -> Path:
+    return export_vocoder(trained / "final.pt", tmp_path_factory.mktemp("bundle") / "wavenet_tiny")
+
+
+# --- the model ------------------------------------------------------------------------------------
+
+
+def test_mu_law_round_trip():
+    classes = torch.arange(256)
+    assert torch.equal(mu_law_encode(mu_law_decode(classes)), classes)
+    wave = torch.linspace(-1, 1, 10001)
+    decoded = mu_law_decode(mu_law_encode(wave))
+    # The companded step is 2 / 255, so the error is at most half a step times the slope of the expansion,
+    # which grows with |x|: take it at the larger of the two magnitudes.
+    slope = math.log1p(255) / 255 * (1 + 255 * torch.maximum(wave.abs(), decoded.abs()))
+    bound = 1.02 * slope / 255
+    assert bool(((decoded - wave).abs() <= bound).all())
+    assert int(mu_law_encode(torch.tensor(0.0))) in (127, 128)
+    assert torch.equal(mu_law_encode(torch.tensor([-3.0, 3.0])), torch.tensor([0, 255]))
+
+
+def test_shapes_backward_and_batch_independence():
+    model = tiny_net().train()
+    mel = torch.rand(3, 7, 8)
+    inputs = torch.randint(0, 256, (3, 6 * 16))
+    logits = model(inputs, mel)
+    assert logits.shape == (3, 96, 256)
+    loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), inputs)
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
+    # Only the last layer's residual half does not feed the output.
+    assert grads["gates.0.weight"].abs().sum() > 0 and grads["cond_net.convs.0.weight"].abs().sum() > 0
+    with torch.no_grad():
+        alone = model(inputs[1:2], mel[1:2])
+    assert torch.allclose(alone[0], logits[1].detach(), atol=1e-5)
+
+
+def test_causal_with_the_expected_receptive_field():
+    model = tiny_net()
+    field = model.cfg.receptive_field  # 2 x (1 + 2 + 4 + 8) + 1 = 31
+    assert field == 31
+    mel = torch.rand(1, 12, 8)
+    inputs = torch.randint(0, 256, (1, 160))
+    t = 100
+    with torch.no_grad():
+        base = model(inputs, mel)
+        future = inputs.clone()
+        future[:, t + 1 :] = torch.randint(0, 256, (1, 59))
+        changed = model(future, mel)
+        assert torch.equal(base[:, : t + 1], changed[:, : t + 1])  # the past ignores the future
+        assert not torch.allclose(base[:, t + 1], changed[:, t + 1])
+        # The oldest input reaches t through one chain of every layer's gates: visible in float64 only.
+        model, mel = model.double(), mel.double()
+        base = model(inputs, mel)
+        far, near = inputs.clone(), inputs.clone()
+        far[:, t - field] = (far[:, t - field] + 100) % 256  # just outside the receptive field of t
+        near[:, t - field + 1] = (near[:, t - field + 1] + 100) % 256  # its oldest input
+        assert torch.equal(model(far, mel)[:, t], base[:, t])
+        assert (model(near, mel)[:, t] - base[:, t]).abs().max() > 1e-12
+
+
+@pytest.fixture(scope="module")
+def teacher_case():
+    model = tiny_net(1)
+    mel = torch.rand(2, 9, 8)
+    inputs = torch.randint(0, 256, (2, 8 * 16 + 5))  # past the last frame centre: the repeated frame
+    with torch.no_grad():
+        parallel = model(inputs, mel)
+    return model, mel, inputs, parallel
+
+
+def test_incremental_torch_equals_parallel(teacher_case):
+    model, mel, inputs, parallel = teacher_case
+    _, incremental = model.incremental_forward(mel, teacher=inputs)
+    assert parallel.abs().max() > 0.1
+    assert (incremental - parallel).abs().max() < 1e-5
+
+
+def test_incremental_fast_equals_parallel(teacher_case):
+    model, mel, inputs, parallel = teacher_case
+    fast = FastGenerator(model).teacher_forced_logits(mel, inputs)
+    assert (fast - parallel).abs().max() < 1e-5
+
+
+def test_all_generators_draw_the_same_samples():
+    model = tiny_net(2)
+    mel = torch.rand(2, 5, 8)
+    naive = model.naive_generate(mel, n_samples=60, seed=5)
+    cached, _ = model.incremental_forward(mel, n_samples=60, seed=5)
+    fast = FastGenerator(model).generate(mel, n_samples=60, seed=5)
+    assert torch.equal(naive, cached) and torch.equal(cached, fast)
+    assert len(torch.unique(fast)) > 10  # really sampled, not a constant
+    other = FastGenerator(model).generate(mel, n_samples=60, seed=6)
+    assert not torch.equal(fast, other)
+
+
+def test_generate_rejects_too_many_samples():
+    model = tiny_net()
+    with pytest.raises(ValueError, match="cannot generate"):
+        FastGenerator(model).generate(torch.rand(1, 3, 8), n_samples=3 * 16 + 1)
+
+
+# --- training -------------------------------------------------------------------------------------
+
+
+def test_windows_match_the_whole_utterance(corpus):
+    cfg = load_config(VocoderConfig, TINY)
+    data = WindowCorpus(corpus / "train.jsonl", cfg)
+    model = build_model(cfg).eval()
+    inputs, targets, mel = data.window_at(1, 5)
+    hop, n = cfg.features.hop_length, cfg.train.window_frames * cfg.features.hop_length
+    assert torch.equal(inputs[1:], targets[:-1]) and inputs.shape == (n,)
+    full = data.mels[1][data.margin : len(data.mels[1]) - data.margin].float().unsqueeze(0)
+    whole_inputs = torch.cat([torch.tensor([model.silence]), data.classes[1][:-1].long()]).unsqueeze(0)
+    with torch.no_grad():
+        whole = model(whole_inputs[:, : 5 * hop + n], full)[0, 5 * hop :]
+        window = model(inputs.unsqueeze(0), mel.unsqueeze(0), padded=True)[0]
+    # Same conditioning; the window's first samples lack their history, later ones see all of it.
+    field = model.cfg.receptive_field
+    assert torch.allclose(window[field:], whole[field:], atol=1e-5)
+
+
+def test_training_lowers_the_loss_and_writes_its_outputs(trained):
+    rows = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    train = [r["value"] for r in rows if r["name"] == "train/loss"]
+    dev = [r["value"] for r in rows if r["name"] == "dev/loss"]
+    assert len(train) == 6 and len(dev) == 2
+    assert train[-1] < train[0] - 0.5 and train[0] < math.log(256) + 0.5
+    assert dev[-1] < dev[0] and dev[-1] < math.log(256) - 0.6  # log(256): the untrained model's loss
+    for name in (
+        "final.pt",
+        "final.txt",
+        "curves.png",
+        "config.yaml",
+        "checkpoints/best.pt",
+        "samples/step-00000030.wav",
+        "samples/reference.wav",
+    ):
+        assert (trained / name).stat().st_size > 0, name
+    state = CheckpointManager.load(trained / "final.pt")
+    assert state["step"] == 30 and "optimizer" not in state and len(state["averaged"]) == 2
+
+
+def test_resume_continues_exactly_and_a_finished_run_is_a_no_op(corpus, trained, tmp_path):
+    args = [
+        "--config",
+        str(TINY),
+        "--exp-dir",
+        str(tmp_path),
+        "--train",
+        str(corpus / "train.jsonl"),
+        "--dev",
+        str(corpus / "dev.jsonl"),
+        "--no-progress",
+    ]
+    assert train_main([*args, "--stop-after-steps", "12"]) == 0
+    assert not (tmp_path / "final.pt").exists()
+    assert CheckpointManager.load(CheckpointManager(tmp_path).latest())["step"] == 12
+    assert train_main(args) == 0
+    resumed = CheckpointManager.load(tmp_path / "final.pt")["model"]
+    straight = CheckpointManager.load(trained / "final.pt")["model"]
+    assert all(torch.equal(resumed[k], straight[k]) for k in straight)
+    mtime = (tmp_path / "final.pt").stat().st_mtime_ns
+    assert train_main(args) == 0
+    assert (tmp_path / "final.pt").stat().st_mtime_ns == mtime
+
+
+# --- bundle and command line ----------------------------------------------------------------------
+
+
+def test_bundle_round_trip(trained, bundle):
+    weights = load_file(str(bundle / "model.safetensors"))
+    assert weights["gates.0.weight"].dtype == torch.float16
+    assert "WaveNet" in (bundle / "MODEL_CARD.md").read_text()
+    assert sum(f.stat().st_size for f in bundle.iterdir()) < 30e6
+    from_bundle, from_checkpoint = load_vocoder(bundle), load_vocoder(trained / "final.pt")
+    assert from_bundle.step == 30 and from_bundle.feature_config == from_checkpoint.feature_config
+    mel, inputs = torch.rand(1, 6, 32), torch.randint(0, 256, (1, 5 * 256))
+    with torch.no_grad():
+        a, b = from_bundle.model(inputs, mel), from_checkpoint.model(inputs, mel)
+    assert 0 < (a - b).abs().max() < 0.05  # fp16 rounding only
+
+
+def test_vocode_cli_copy_synthesis_and_mel(corpus, bundle, tmp_path, capsys):
+    wav = corpus / "dev0.wav"
+    out = tmp_path / "copy.wav"
+    assert glottis(["vocode", str(wav), "-o", str(out), "--model", str(bundle)]) == 0
+    assert sf.info(str(out)).frames == sf.info(str(wav)).frames and sf.info(str(out)).samplerate == SR
+    copy, _ = sf.read(str(out))
+    assert 0.005 < np.abs(copy).max() <= 1.0
+    mel = Vocoder(bundle).mel(torch.from_numpy(sf.read(str(wav), dtype="float32")[0]))
+    np.save(tmp_path / "mel.npy", mel.numpy())
+    assert (
+        glottis(
+            ["vocode", str(tmp_path / "mel.npy"), "-o", str(tmp_path / "mel.wav"), "--model", str(bundle)]
+        )
+        == 0
+    )
+    assert sf.info(str(tmp_path / "mel.wav")).frames == (mel.shape[0] - 1) * 256
+    capsys.readouterr()
+    np.save(tmp_path / "bad.npy", np.zeros((10, 7), dtype=np.float32))
+    assert (
+        glottis(["vocode", str(tmp_path / "bad.npy"), "-o", str(tmp_path / "x.wav"), "--model", str(bundle)])
+        == 2
+    )
+    assert "bad.npy" in capsys.readouterr().err
+    (tmp_path / "junk.wav").write_bytes(b"not audio at all")
+    assert (
+        glottis(["vocode", str(tmp_path / "junk.wav"), "-o", str(tmp_path / "x.wav"), "--model", str(bundle)])
+        == 2
+    )
+    assert "junk.wav" in capsys.readouterr().err
+    assert (
+        glottis(["vocode", str(wav), "-o", str(tmp_path / "x.wav"), "--model", str(tmp_path / "nowhere")])
+        == 1
+    )
+    assert "nowhere" in capsys.readouterr().err
+    assert not (tmp_path / "x.wav").exists()
+
+
+def test_synthesize_with_the_wavenet_vocoder(bundle, tmp_path, capsys):
+    from tts.bundle import export_bundle
+    from tts.train import TTSConfig
+    from tts.train import build_model as build_tacotron
+    from tts.train import model_metadata as tacotron_metadata
+
+    steps = 10
+    cfg = load_config(
+        TTSConfig, ROOT / "configs" / "tts" / "tacotron_tiny.yaml", [f"model.max_decoder_steps={steps}"]
+    )
+    torch.manual_seed(0)
+    tacotron = build_tacotron(cfg)
+    with torch.no_grad():
+        tacotron.decoder.stop_proj.bias.fill_(-20.0)  # never stops: a known length
+    checkpoint = tmp_path / "tacotron.pt"
+    torch.save({**tacotron_metadata(cfg, tacotron), "model": tacotron.state_dict(), "step": 1}, checkpoint)
+    tacotron_dir = export_bundle(checkpoint, tmp_path / "tacotron")
+    out = tmp_path / "hi.wav"
+    common = ["synthesize", "hello there", "-o", str(out), "--model", str(tacotron_dir), "--threads", "1"]
+    assert glottis([*common, "--vocoder", "wavenet", "--vocoder-model", str(bundle)]) == 0
+    assert sf.info(str(out)).frames == (steps * cfg.model.r - 1) * cfg.features.hop_length
+    capsys.readouterr()
+    assert glottis([*common, "--vocoder", "wavenet", "--vocoder-model", str(tmp_path / "none")]) == 2
+    assert "not available" in capsys.readouterr().err
+    # A vocoder trained on other features is refused.
+    mismatch = load_config(VocoderConfig, TINY, ["features.n_mels=40"])
+    model = build_model(mismatch)
+    path = tmp_path / "mismatch.pt"
+    from tts.vocoder_train import model_metadata
+
+    torch.save({**model_metadata(mismatch, model), "model": model.state_dict(), "step": 0}, path)
+    assert glottis([*common, "--vocoder", "wavenet", "--vocoder-model", str(path)]) == 2
+    assert "other mel features" in capsys.readouterr().err

@@ -1,0 +1,229 @@
+"""Copy synthesis with the WaveNet vocoder: ``glottis vocode IN.wav|MEL.npy -o out.wav [--model DIR]``.
+
+An audio file is analysed into the vocoder's mel (the Tacotron target: ``tts.spectrogram``, the features and
+dB scale stored with the model) and re-synthesised by WaveNet; a ``.npy`` file is taken as that mel
+already, ``(frames, n_mels)`` in the normalised [0, 1] scale (what Tacotron predicts).
+
+Python API::
+
+    from tts.vocode import Vocoder
+    vocoder = Vocoder()                    # the bundled model, or Vocoder("exp/vocoder_wavenet/final.pt")
+    wave = vocoder.vocode(mel)             # (frames, n_mels) -> (samples,) float32 at vocoder.sample_rate
+    wave = vocoder.copy_synthesis(wave)    # analysis -> mel -> WaveNet
+
+A model folder (``python -m tts.wavenet_bundle``) holds ``model.safetensors`` (fp16), ``config.yaml`` and
+``MODEL_CARD.md``; :func:`load_vocoder` reads a folder or a training checkpoint.
+
+Exit codes: 0 success, 1 missing model, 2 bad input (unreadable file, wrong mel shape, bad arguments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from audio.config import from_dict
+from audio.features import FeatureConfig
+from audio.io import AudioError, load, save
+from audio.training import CheckpointManager, set_threads
+from tts.spectrogram import SpectrogramScale, TargetExtractor
+from tts.wavenet import FastGenerator, WaveNet, WaveNetConfig, mu_law_decode
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_VOCODER_DIR",
+    "FORMAT",
+    "LoadedVocoder",
+    "load_vocoder",
+    "is_vocoder_bundle",
+    "Vocoder",
+    "main",
+]
+
+FORMAT = "glottis-wavenet-1"
+DEFAULT_VOCODER_DIR = Path(__file__).parent / "pretrained" / "wavenet_synth_en"
+
+
+@dataclass
+class LoadedVocoder:
+    model: WaveNet  # in eval mode, fp32
+    feature_config: FeatureConfig
+    scale: SpectrogramScale
+    source: Path
+    step: int
+
+
+def is_vocoder_bundle(path: str | os.PathLike) -> bool:
+    config = Path(path) / "config.yaml"
+    if not config.is_file():
+        return False
+    return (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("format") == FORMAT
+
+
+def _build(config: dict, state: dict[str, torch.Tensor], where: Path) -> LoadedVocoder:
+    model = WaveNet(from_dict(WaveNetConfig, config["model_config"], where=f"{where}:model_config"))
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    return LoadedVocoder(
+        model=model.eval(),
+        feature_config=from_dict(FeatureConfig, config["feature_config"], where=f"{where}:feature_config"),
+        scale=from_dict(SpectrogramScale, config["scale"], where=f"{where}:scale"),
+        source=where,
+        step=int(config.get("step", 0)),
+    )
+
+
+def load_vocoder(path: str | os.PathLike | None = None) -> LoadedVocoder:
+    """Load a vocoder folder (default: the bundled one) or a training checkpoint (``.pt``), on the CPU.
+
+    Raises:
+        FileNotFoundError: saying how to get a model, when there is none at ``path``.
+    """
+    path = Path(path) if path is not None else DEFAULT_VOCODER_DIR
+    if path.is_file():
+        state = CheckpointManager.load(path)
+        return _build(state, state["model"], path)
+    if is_vocoder_bundle(path):
+        config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
+        return _build(config, load_file(str(path / "model.safetensors")), path)
+    if path == DEFAULT_VOCODER_DIR:
+        raise FileNotFoundError(
+            f"the bundled WaveNet vocoder is missing from {path}; train one with `make vocoder` and export it "
+            "with `make -C recipes/synth_en vocoder-bundle`, or pass a model folder or checkpoint"
+        )
+    raise FileNotFoundError(f"{path}: neither a Glottis WaveNet model folder nor a checkpoint file")
+
+
+class Vocoder:
+    """Mel -> waveform with the compiled WaveNet generator.
+
+    Args:
+        model: a vocoder folder or checkpoint (default: the bundled vocoder).
+        seed: seeds the sampling, so output is reproducible.
+        temperature: divides the logits before sampling (1.0: the model's distribution).
+    """
+
+    def __init__(self, model: str | os.PathLike | None = None, *, seed: int = 0, temperature: float = 1.0):
+        self.loaded = load_vocoder(model)
+        self.generator = FastGenerator(self.loaded.model)
+        self.extractor = TargetExtractor(self.loaded.feature_config, self.loaded.scale)
+        self.seed = seed
+        self.temperature = temperature
+
+    @property
+    def sample_rate(self) -> int:
+        return self.loaded.feature_config.sample_rate
+
+    @property
+    def n_mels(self) -> int:
+        return self.loaded.feature_config.n_mels
+
+    def mel(self, wave: torch.Tensor) -> torch.Tensor:
+        """``(samples,)`` at :attr:`sample_rate` -> ``(frames, n_mels)`` normalised mel (the Tacotron target)."""
+        with torch.no_grad():
+            mel, _, _ = self.extractor(wave.float().unsqueeze(0))
+        return mel[0]
+
+    def vocode_batch(self, mels: list[torch.Tensor], lengths: list[int] | None = None) -> list[torch.Tensor]:
+        """Several mels generated together (one batch of the compiled loop; the shorter ones are zero-padded
+        and cut). ``mels[i]`` is ``(frames_i, n_mels)``; ``lengths[i]`` samples to produce (default
+        ``(frames_i - 1) * hop``). Returns float32 waves."""
+        hop = self.loaded.feature_config.hop_length
+        for mel in mels:
+            if mel.dim() != 2 or mel.shape[1] != self.n_mels or mel.shape[0] < 2:
+                raise ValueError(f"expected a (frames >= 2, {self.n_mels}) mel, got shape {tuple(mel.shape)}")
+        lengths = lengths or [(m.shape[0] - 1) * hop for m in mels]
+        for mel, n in zip(mels, lengths, strict=True):
+            if not 0 < n <= mel.shape[0] * hop:
+                raise ValueError(f"cannot generate {n} samples from {mel.shape[0]} mel frames")
+        frames = max(m.shape[0] for m in mels)
+        batch = torch.zeros(len(mels), frames, self.n_mels)
+        for i, mel in enumerate(mels):
+            batch[i, : mel.shape[0]] = mel.float().clamp(0.0, 1.0)
+        classes = self.generator.generate(
+            batch, n_samples=max(lengths), seed=self.seed, temperature=self.temperature
+        )
+        n_classes = self.loaded.model.cfg.n_classes
+        return [mu_law_decode(classes[i, :n], n_classes) for i, n in enumerate(lengths)]
+
+    def vocode(self, mel: torch.Tensor, n_samples: int | None = None) -> torch.Tensor:
+        """``(frames, n_mels)`` normalised mel -> ``(samples,)`` float32 wave."""
+        return self.vocode_batch([mel], None if n_samples is None else [n_samples])[0]
+
+    def copy_synthesis(self, wave: torch.Tensor) -> torch.Tensor:
+        """``(samples,)`` -> the same length of audio re-synthesised from its mel."""
+        return self.vocode(self.mel(wave), n_samples=wave.shape[0])
+
+
+def _read_input(path: Path, vocoder: Vocoder) -> tuple[torch.Tensor, int | None]:
+    """A mel ``(frames, n_mels)`` from a ``.npy`` file or from audio, and the sample count to produce."""
+    if path.suffix.lower() == ".npy":
+        if not path.is_file():
+            raise ValueError(f"{path}: no such file")
+        try:
+            mel = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as err:
+            raise ValueError(f"{path}: not a readable .npy array ({err})") from None
+        if mel.ndim != 2 or mel.shape[1] != vocoder.n_mels or mel.shape[0] < 2:
+            raise ValueError(
+                f"{path}: expected a (frames, {vocoder.n_mels}) mel spectrogram, got shape {mel.shape}"
+            )
+        if not np.isfinite(mel).all():
+            raise ValueError(f"{path}: the mel contains NaN or infinite values")
+        return torch.from_numpy(mel.astype(np.float32)), None
+    wave, _ = load(path, vocoder.sample_rate)
+    if wave.shape[0] < 2 * vocoder.loaded.feature_config.hop_length:
+        raise ValueError(f"{path}: too short to analyse ({wave.shape[0]} samples)")
+    return vocoder.mel(wave), wave.shape[0]
+
+
+def main(argv: list[str] | None = None, prog: str = "glottis vocode") -> int:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Copy synthesis with the WaveNet vocoder: an audio file is analysed into its mel "
+        "spectrogram and re-synthesised; a .npy file is taken as a normalised (frames, n_mels) mel, "
+        "e.g. a Tacotron prediction.",
+    )
+    parser.add_argument("input", help="audio file (wav, flac, ...) or mel spectrogram (.npy)")
+    parser.add_argument("-o", "--output", required=True, help="wav file to write")
+    parser.add_argument("--model", help=f"vocoder folder or checkpoint (default: {DEFAULT_VOCODER_DIR})")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of the sampling")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.temperature <= 0:
+        print(f"{prog}: error: --temperature must be positive", file=sys.stderr)
+        return 2
+    set_threads(args.threads)
+    try:
+        vocoder = Vocoder(args.model, seed=args.seed, temperature=args.temperature)
+    except (FileNotFoundError, OSError, KeyError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 1
+    try:
+        mel, n_samples = _read_input(Path(args.input), vocoder)
+    except (ValueError, AudioError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    wave = vocoder.vocode(mel, n_samples)
+    seconds = time.perf_counter() - start
+    save(args.output, wave, vocoder.sample_rate)
+    duration = wave.shape[0] / vocoder.sample_rate
+    print(f"{args.output}\t{duration:.2f} s\tRTF {seconds / max(duration, 1e-9):.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
