@@ -8,7 +8,8 @@
       README.md           the model card
 
 ``python -m asr.bundle --checkpoint exp/x/final.pt --out DIR [--lm lm.arpa] [--decoder decoder.json]``
-writes one from a training checkpoint. ``load_recognizer`` reads either a folder or a checkpoint.
+writes one from a training checkpoint. ``load_recognizer`` reads either a folder or a checkpoint, and
+also a wav2vec 2.0 model folder or fine-tuning checkpoint (``asr.wav2vec2``, imported only then).
 """
 
 from __future__ import annotations
@@ -35,9 +36,11 @@ from audio.training import CheckpointManager
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_MODEL_DIR", "LoadedModel", "load_recognizer", "export_bundle", "is_ctc_bundle"]
+__all__ = ["DEFAULT_MODEL_DIR", "LoadedModel", "load_recognizer", "export_bundle", "is_ctc_bundle",
+           "is_wav2vec2_folder"]
 
 FORMAT = "glottis-ctc-1"
+WAV2VEC2_FORMAT = "glottis-wav2vec2-1"  # glottis.json beside a Hugging Face Wav2Vec2ForCTC folder
 DEFAULT_MODEL_DIR = Path(__file__).parent / "pretrained" / "conv_bilstm_synth_en"
 
 
@@ -56,6 +59,11 @@ def is_ctc_bundle(path: str | os.PathLike) -> bool:
     return config.is_file() and json.loads(config.read_text()).get("format") == FORMAT
 
 
+def is_wav2vec2_folder(path: str | os.PathLike) -> bool:
+    meta = Path(path) / "glottis.json"
+    return meta.is_file() and json.loads(meta.read_text()).get("format") == WAV2VEC2_FORMAT
+
+
 def _build(model_type: str, model_config: dict, feature_config: dict) -> Recognizer:
     if model_type not in MODELS:
         raise ValueError(f"unknown model type {model_type!r}; known: {sorted(MODELS)}")
@@ -69,6 +77,10 @@ def load_recognizer(path: str | os.PathLike | None = None, *, device: str | torc
     path = Path(path) if path is not None else DEFAULT_MODEL_DIR
     if path.is_file():
         state = CheckpointManager.load(path)
+        if state.get("model_type") == "wav2vec2":
+            from asr.wav2vec2 import load_wav2vec2
+
+            return load_wav2vec2(path, state=state, device=device)
         recognizer = _build(state["config"]["model_type"], state["model_config"], state["feature_config"])
         recognizer.load_state_dict(state["model"])
         tokenizer = load_tokenizer(state["tokenizer"])
@@ -82,6 +94,10 @@ def load_recognizer(path: str | os.PathLike | None = None, *, device: str | torc
         decoder_file = path / "decoder.json"
         decoder = json.loads(decoder_file.read_text()) if decoder_file.is_file() else {}
         lm_path = path / "lm.arpa" if (path / "lm.arpa").is_file() else None
+    elif is_wav2vec2_folder(path):
+        from asr.wav2vec2 import load_wav2vec2
+
+        return load_wav2vec2(path, device=device)
     elif path == DEFAULT_MODEL_DIR:
         raise FileNotFoundError(f"the bundled model is missing from {path}; train one with `make asr`")
     else:

@@ -112,6 +112,7 @@ def per_voice_scores(voices: list[str], refs: list[str], greedy: list[str], with
 
 
 def cmd_tune(args) -> int:
+    start = time.time()
     model = load_recognizer(args.model)
     _, refs, log_probs, _ = manifest_log_probs(model, args.manifest, limit=args.limit)
     weights = [float(x) for x in args.lm_weights.split(",")]
@@ -119,12 +120,13 @@ def cmd_tune(args) -> int:
     decoder = LMBeamSearchDecoder(model.tokenizer, lm_path=args.lm, config=DecoderConfig(beam=args.beam))
     best, table = tune_lm_weights(log_probs, refs, {"lm_weight": weights, "word_score": scores}, decoder=decoder)
     write_json(args.out, {**asdict(best), "tuned_on": str(args.manifest), "utterances": len(refs),
-                          "grid": table})
+                          "grid": table, "wall_seconds": round(time.time() - start, 1)})
     log.info("best on dev: %s", best)
     return 0
 
 
 def cmd_score(args) -> int:
+    start = time.time()
     model = load_recognizer(args.model)
     lm_decoder = None
     if args.lm:
@@ -140,6 +142,7 @@ def cmd_score(args) -> int:
                  f"; LM CER {100 * s['lm']['cer']:.2f}% WER {100 * s['lm']['wer']:.2f}%" if "lm" in s else "")
     if args.decoder:
         out["decoder"] = {k: v for k, v in json.loads(Path(args.decoder).read_text()).items() if k != "grid"}
+    out["wall_seconds"] = round(time.time() - start, 1)
     write_json(args.out, out)
     return 0
 

@@ -1,0 +1,597 @@
+"""wav2vec 2.0 CTC fine-tuning: a ``transformers.Wav2Vec2ForCTC`` on our character tokenizer.
+
+    python -m asr.wav2vec2 finetune --config configs/asr/wav2vec2_small.yaml --exp-dir exp/w2v_ft \
+        --train train_1h.jsonl --dev dev.jsonl --tokenizer tokenizer.json --init exp/w2v_pt/final
+    python -m asr.wav2vec2 export --model exp/w2v_ft/final --out DIR --lm lm.arpa --decoder decoder.json
+
+``--init`` is a local folder in Hugging Face format (e.g. what ``asr.wav2vec2_pretrain`` writes), a hub
+id that the Hugging Face cache already holds (``local_files_only``: the network is never tried), or
+``random`` for a randomly initialised model of the config's ``encoder`` size. Rerunning the same command
+resumes from the newest checkpoint; ``exp-dir/final/`` is written last, atomically.
+
+A model folder is Hugging Face format plus one file of ours, so ``Wav2Vec2ForCTC.from_pretrained`` and
+``Wav2Vec2Processor.from_pretrained`` read it, and ``glottis transcribe --model DIR`` recognises it::
+
+    model_dir/
+      config.json, model.safetensors          Wav2Vec2ForCTC (vocab = our tokenizer, blank = pad id 0)
+      vocab.json, tokenizer_config.json, preprocessor_config.json, ...   Wav2Vec2Processor
+      glottis.json     {"format": "glottis-wav2vec2-1", "tokenizer", "sample_rate", "step", "train_seconds", ...}
+      decoder.json, lm.arpa                   optional, as in ``asr.bundle``
+
+Decoding uses our decoders (greedy, prefix beam, LM beam search) on the model's CTC log-probs. Label ids
+are turned back into text with our tokenizer (``decode_labels``), which never merges repeated letters;
+HF's CTC tokenizer groups repeats by default, which would turn "hello" into "helo" in references.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+from transformers import (
+    Wav2Vec2Config,
+    Wav2Vec2CTCTokenizer,
+    Wav2Vec2FeatureExtractor,
+    Wav2Vec2ForCTC,
+    Wav2Vec2Processor,
+)
+from transformers.utils import logging as hf_logging
+
+from asr.augment import AugmentConfig, WaveAugment
+from asr.bundle import WAV2VEC2_FORMAT, LoadedModel
+from asr.tokenizer import Tokenizer, load_tokenizer
+from audio.atomic import write_json
+from audio.config import load_config, save_config, to_dict
+from audio.datasets import BucketBatchSampler, UtteranceDataset, collate_waves
+from audio.features import FeatureConfig
+from audio.manifest import Utterance, read_manifest
+from audio.training import (
+    CheckpointManager,
+    TrainLogger,
+    average_state_dicts,
+    choose_device,
+    set_threads,
+    warmup_decay,
+)
+
+log = logging.getLogger("asr.wav2vec2")
+
+__all__ = [
+    "EncoderConfig",
+    "MaskingConfig",
+    "FinetuneConfig",
+    "PretrainConfig",
+    "Wav2Vec2ExpConfig",
+    "hf_config",
+    "normalize_waves",
+    "Wav2Vec2Recognizer",
+    "build_processor",
+    "decode_labels",
+    "init_ctc_model",
+    "save_model_dir",
+    "load_wav2vec2",
+    "finetune",
+]
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Size of a model built from scratch (pretraining and ``--init random``); the keys are
+    ``transformers.Wav2Vec2Config`` arguments. A model loaded from a checkpoint keeps its own size."""
+
+    hidden_size: int = 256
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    intermediate_size: int = 1024
+    conv_dim: tuple[int, ...] = (128, 128, 128, 128, 128, 128, 128)
+    conv_stride: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)  # product: samples per output frame (320 = 20 ms)
+    conv_kernel: tuple[int, ...] = (10, 3, 3, 3, 3, 2, 2)
+    num_conv_pos_embeddings: int = 64
+    num_conv_pos_embedding_groups: int = 16
+    # Layer norm in the conv encoder (not group norm over time) lets padded batches use an attention mask.
+    feat_extract_norm: str = "layer"
+    do_stable_layer_norm: bool = True
+    num_codevector_groups: int = 2
+    num_codevectors_per_group: int = 64
+    codevector_dim: int = 128
+    proj_codevector_dim: int = 128
+
+
+@dataclass(frozen=True)
+class MaskingConfig:
+    """wav2vec-style masking of the encoder input during fine-tuning (SpecAugment on latent frames):
+    time spans replaced by the learnt mask embedding, channel spans zeroed."""
+
+    mask_time_prob: float = 0.05  # share of frames that start a masked span
+    mask_time_length: int = 10  # frames (20 ms each)
+    mask_time_min_masks: int = 2
+    mask_feature_prob: float = 0.0  # share of channels that start a masked span
+    mask_feature_length: int = 10  # channels
+    mask_feature_min_masks: int = 0
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    max_seconds: float = 160.0  # padded audio per batch, seconds
+    max_batch_size: int = 32
+    max_duration: float = 16.0  # longer training utterances are left out, seconds
+    head_lr: float = 1e-3  # the CTC output layer
+    body_lr: float = 1e-4  # everything below it
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    total_steps: int = 1000
+    freeze_body_steps: int = 0  # only the head trains for this many steps
+    # The conv feature encoder trains from this step on; -1 keeps it frozen for the whole run.
+    freeze_feature_encoder_steps: int = -1
+    grad_clip: float = 5.0
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    activation_dropout: float = 0.0
+    feat_proj_dropout: float = 0.0
+    final_dropout: float = 0.0
+    layerdrop: float = 0.05
+    checkpoint_every: int = 100
+    eval_every: int = 200
+    keep_checkpoints: int = 5
+    average_last: int = 3
+    num_workers: int = 0
+    seed: int = 0
+    dev_max_utterances: int = 300
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    crop_seconds: float = 5.0  # each utterance is cut to a random window of at most this long
+    max_seconds: float = 100.0  # padded (cropped) audio per batch, seconds
+    max_batch_size: int = 32
+    peak_lr: float = 5e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 200
+    total_steps: int = 2000
+    grad_clip: float = 5.0
+    mask_time_prob: float = 0.65  # share of frames that start a masked span (wav2vec 2.0: 0.65)
+    mask_time_length: int = 10  # frames
+    num_negatives: int = 50  # distractors per masked frame, from the same utterance
+    contrastive_logits_temperature: float = 0.1
+    diversity_loss_weight: float = 0.1
+    gumbel_start: float = 2.0
+    gumbel_end: float = 0.5
+    gumbel_anneal_fraction: float = 0.7  # geometric decay from start to end over this share of the steps
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    activation_dropout: float = 0.0
+    feat_proj_dropout: float = 0.1
+    feat_quantizer_dropout: float = 0.0
+    layerdrop: float = 0.05
+    checkpoint_every: int = 100
+    eval_every: int = 250
+    keep_checkpoints: int = 3
+    num_workers: int = 0
+    seed: int = 0
+    dev_max_utterances: int = 100
+
+
+@dataclass(frozen=True)
+class Wav2Vec2ExpConfig:
+    """One YAML for the whole wav2vec 2.0 recipe: pretraining reads ``encoder`` and ``pretrain``,
+    fine-tuning reads ``encoder`` (random init only), ``masking``, ``finetune`` and ``augment``."""
+
+    sample_rate: int = 16000
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+def hf_config(encoder: EncoderConfig, **overrides) -> Wav2Vec2Config:
+    """A ``transformers.Wav2Vec2Config`` of ``encoder``'s size, with ``overrides`` applied."""
+    values = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(encoder).items()}
+    return Wav2Vec2Config(**{**values, **overrides})
+
+
+def _ctc_overrides(cfg: Wav2Vec2ExpConfig, tokenizer: Tokenizer) -> dict:
+    """Config values a fine-tuned model takes from our config, whatever it was initialised from."""
+    f = cfg.finetune
+    return {
+        **asdict(cfg.masking),
+        "vocab_size": tokenizer.vocab_size,
+        "pad_token_id": tokenizer.blank_id,  # HF's CTC blank is the pad token
+        "bos_token_id": None,
+        "eos_token_id": None,
+        "apply_spec_augment": True,
+        "ctc_loss_reduction": "mean",
+        "ctc_zero_infinity": True,
+        **{k: getattr(f, k) for k in ("hidden_dropout", "attention_dropout", "activation_dropout",
+                                      "feat_proj_dropout", "final_dropout", "layerdrop")},
+    }
+
+
+def receptive_field(config: Wav2Vec2Config) -> int:
+    """Samples that one output frame of the conv feature encoder sees (400 for the usual encoder)."""
+    field_ = 1
+    for kernel, stride in reversed(list(zip(config.conv_kernel, config.conv_stride, strict=True))):
+        field_ = (field_ - 1) * stride + kernel
+    return field_
+
+
+def normalize_waves(waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero mean and unit variance per utterance over its valid samples, zeros past each length (as
+    ``Wav2Vec2FeatureExtractor(do_normalize=True)``). ``(B, samples)``, ``(B,)`` -> ``(B, samples)``,
+    and the ``(B, samples)`` bool mask of valid samples."""
+    valid = torch.arange(waves.shape[1], device=waves.device)[None, :] < lengths[:, None]
+    n = lengths.clamp(min=1)[:, None].to(waves.dtype)
+    x = waves.float() * valid
+    mean = x.sum(dim=1, keepdim=True) / n
+    var = ((x - mean) ** 2 * valid).sum(dim=1, keepdim=True) / n
+    return (x - mean) / torch.sqrt(var + 1e-7) * valid, valid
+
+
+class Wav2Vec2Recognizer(nn.Module):
+    """Waveform -> per-utterance normalisation -> ``Wav2Vec2ForCTC`` -> CTC log-probs, with the interface
+    of ``asr.recognizer.Recognizer`` so that ``asr.evaluate`` and ``asr.transcribe`` use it unchanged.
+
+    ``feature_config`` describes the conv encoder's framing: frames of ``receptive_field`` samples every
+    ``total stride`` samples, not centred (so ``hop_length * subsampling`` samples per output frame).
+    """
+
+    subsampling = 1
+
+    def __init__(self, model: Wav2Vec2ForCTC, sample_rate: int = 16000):
+        super().__init__()
+        self.model = model
+        field_, hop = receptive_field(model.config), math.prod(model.config.conv_stride)
+        self.feature_config = FeatureConfig(sample_rate=sample_rate, n_fft=field_, win_length=field_,
+                                            hop_length=hop, center=False)
+        # Group-normed encoders (e.g. wav2vec2-base) were trained on zero-padded batches without a mask.
+        self.use_attention_mask = model.config.feat_extract_norm == "layer"
+
+    @property
+    def frame_shift(self) -> float:
+        """Seconds per output frame."""
+        return self.feature_config.hop_length / self.feature_config.sample_rate
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Frames out for ``lengths`` samples in (inputs shorter than one frame are padded to one)."""
+        lengths = lengths.clamp(min=self.feature_config.n_fft)
+        return self.model._get_feat_extract_output_lengths(lengths).long()
+
+    def forward(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """waves ``(B, samples)`` float at ``sample_rate``, lengths ``(B,)`` samples.
+
+        Returns CTC log-probs ``(B, frames, vocab)`` (float32) and ``(B,)`` output lengths in frames.
+        Training mode applies the config's time and channel masking.
+        """
+        if waves.shape[1] < self.feature_config.n_fft:
+            waves = nn.functional.pad(waves, (0, self.feature_config.n_fft - waves.shape[1]))
+        x, valid = normalize_waves(waves, lengths)
+        mask = valid.long() if self.use_attention_mask else None
+        logits = self.model(x, attention_mask=mask).logits  # (B, frames, vocab)
+        out_lengths = self.output_lengths(lengths).clamp(max=logits.shape[1])
+        return logits.float().log_softmax(dim=-1), out_lengths
+
+
+def build_processor(tokenizer: Tokenizer, *, sample_rate: int, attention_mask: bool) -> Wav2Vec2Processor:
+    """An HF processor whose vocabulary is ``tokenizer``'s (``<blk>`` = pad = CTC blank, ``|`` between
+    words), for anyone loading the model folder with ``transformers`` alone."""
+    vocab = {token: i for i, token in enumerate(tokenizer.tokens)}
+    with tempfile.TemporaryDirectory(prefix="glottis-vocab-") as tmp:
+        vocab_file = Path(tmp) / "vocab.json"
+        vocab_file.write_text(json.dumps(vocab), encoding="utf-8")
+        # <unk> names the blank: the HF tokenizer must not grow a 30th id the model has no output for.
+        hf_tokenizer = Wav2Vec2CTCTokenizer(str(vocab_file), pad_token=tokenizer.tokens[tokenizer.blank_id],
+                                            unk_token=tokenizer.tokens[tokenizer.blank_id], bos_token=None,
+                                            eos_token=None, word_delimiter_token="|")
+    extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=sample_rate, padding_value=0.0,
+                                         do_normalize=True, return_attention_mask=attention_mask)
+    return Wav2Vec2Processor(feature_extractor=extractor, tokenizer=hf_tokenizer)
+
+
+def decode_labels(labels: torch.Tensor | Sequence[Sequence[int]], tokenizer: Tokenizer,
+                  ignore_index: int = -100) -> list[str]:
+    """Text of padded label rows ``(B, L)`` (``ignore_index`` = padding). Repeated letters stay: a label
+    sequence is a spelling, not a CTC path, so nothing is collapsed."""
+    rows = labels.tolist() if isinstance(labels, torch.Tensor) else labels
+    return [tokenizer.decode([i for i in row if i != ignore_index]) for row in rows]
+
+
+def init_ctc_model(init: str, cfg: Wav2Vec2ExpConfig, tokenizer: Tokenizer) -> Wav2Vec2ForCTC:
+    """A CTC model from ``init``: ``random``, a local HF-format folder (a pretraining or a CTC checkpoint),
+    or a hub id already in the HF cache. The CTC head is new whenever the vocabularies differ."""
+    overrides = _ctc_overrides(cfg, tokenizer)
+    if init == "random":
+        return Wav2Vec2ForCTC(hf_config(cfg.encoder, **overrides))
+    try:
+        model = Wav2Vec2ForCTC.from_pretrained(init, local_files_only=True, ignore_mismatched_sizes=True,
+                                               **overrides)
+    except OSError as err:
+        raise FileNotFoundError(f"--init {init}: not a local model folder, and not in the Hugging Face cache "
+                                f"(the network is never used): {err}") from None
+    if model.config.model_type != "wav2vec2":
+        raise ValueError(f"--init {init}: a {model.config.model_type} model, not wav2vec2")
+    return model
+
+
+def save_model_dir(recognizer: Wav2Vec2Recognizer, tokenizer: Tokenizer, out: str | os.PathLike,
+                   meta: dict | None = None, *, extra: dict[str, str | os.PathLike | None] | None = None) -> Path:
+    """Write a model folder atomically (``out.tmp/`` renamed to ``out/``). ``extra`` maps file names
+    in the folder (``lm.arpa``, ``decoder.json``) to files to copy there. Returns ``out``."""
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    recognizer.model.save_pretrained(str(tmp))
+    build_processor(tokenizer, sample_rate=recognizer.feature_config.sample_rate,
+                    attention_mask=recognizer.use_attention_mask).save_pretrained(str(tmp))
+    for name, src in (extra or {}).items():
+        if src:
+            shutil.copyfile(src, tmp / name)
+    write_json(tmp / "glottis.json", {"format": WAV2VEC2_FORMAT, "tokenizer": tokenizer.to_dict(),
+                                      "sample_rate": recognizer.feature_config.sample_rate, **(meta or {})})
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+def recognizer_from_state(state: dict) -> tuple[Wav2Vec2Recognizer, Tokenizer]:
+    """Rebuild the model of a fine-tuning checkpoint dict (``model_type == "wav2vec2"``)."""
+    model = Wav2Vec2ForCTC(Wav2Vec2Config.from_dict(state["hf_config"]))
+    model.load_state_dict(state["model"])
+    return Wav2Vec2Recognizer(model, state["sample_rate"]), load_tokenizer(state["tokenizer"])
+
+
+def load_wav2vec2(path: str | os.PathLike, *, state: dict | None = None,
+                  device: str | torch.device = "cpu") -> LoadedModel:
+    """A model folder (``glottis.json`` beside HF files) or a loaded fine-tuning checkpoint ``state``."""
+    path = Path(path)
+    decoder, lm_path = {}, None
+    if state is not None:
+        recognizer, tokenizer = recognizer_from_state(state)
+    else:
+        meta = json.loads((path / "glottis.json").read_text())
+        hf_logging.disable_progress_bar()  # no "Loading weights" bar in the middle of `glottis transcribe` output
+        model = Wav2Vec2ForCTC.from_pretrained(str(path), local_files_only=True)
+        recognizer, tokenizer = Wav2Vec2Recognizer(model, meta["sample_rate"]), load_tokenizer(meta["tokenizer"])
+        if model.config.vocab_size != tokenizer.vocab_size:
+            raise ValueError(f"{path}: the model has {model.config.vocab_size} outputs, the tokenizer "
+                             f"{tokenizer.vocab_size} ids")
+        decoder_file = path / "decoder.json"
+        decoder = json.loads(decoder_file.read_text()) if decoder_file.is_file() else {}
+        lm_path = path / "lm.arpa" if (path / "lm.arpa").is_file() else None
+    recognizer.eval().to(device)
+    return LoadedModel(recognizer, tokenizer, recognizer.feature_config, decoder, lm_path, path)
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+def build_loader(manifest: Path, records: list[Utterance], *, sample_rate: int, max_seconds: float,
+                 max_batch_size: int, shuffle: bool, seed: int, num_workers: int,
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 durations: list[float] | None = None):
+    """Length-bucketed batches of ``records``; ``durations`` (default: the records') fill the budget."""
+    dataset = UtteranceDataset(manifest, sample_rate=sample_rate, transform=transform, records=records)
+    sampler = BucketBatchSampler(durations or dataset.durations, max_seconds=max_seconds,
+                                 max_batch_size=max_batch_size, shuffle=shuffle, seed=seed)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_waves,
+                                         num_workers=num_workers)
+    return loader, sampler
+
+
+def spellable(records: list[Utterance], tokenizer: Tokenizer) -> list[Utterance]:
+    """The records whose transcript the tokenizer can spell (and is not empty)."""
+    from asr.train import keep_utterance
+
+    return [r for r in records if keep_utterance(r.text, tokenizer)]
+
+
+def set_trainable(model: Wav2Vec2ForCTC, step: int, cfg: FinetuneConfig) -> None:
+    """What trains at ``step``: the head always, the body from ``freeze_body_steps`` on, and the conv
+    feature encoder from ``freeze_feature_encoder_steps`` on (never when that is negative)."""
+    body = step >= cfg.freeze_body_steps
+    encoder = body and 0 <= cfg.freeze_feature_encoder_steps <= step
+    for p in model.wav2vec2.parameters():
+        p.requires_grad_(body)
+    features = model.wav2vec2.feature_extractor
+    for p in features.parameters():
+        p.requires_grad_(encoder)
+    features._requires_grad = encoder  # HF's flag, which _freeze_parameters() clears
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The numpy seed for one step's masks (transformers draws them from numpy's global RNG), so that a
+    resumed run draws the masks the uninterrupted run would have."""
+    return (seed * 1_000_003 + step) % 2**32
+
+
+def finetune(cfg: Wav2Vec2ExpConfig, args: argparse.Namespace) -> Path:
+    f = cfg.finetune
+    device = choose_device(args.device)
+    set_threads(args.threads or max(1, len(os.sched_getaffinity(0)) - f.num_workers))
+    torch.manual_seed(f.seed)
+    random.seed(f.seed)
+    exp_dir = Path(args.exp_dir)
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    save_config(exp_dir / "config.yaml", cfg)
+    tokenizer = load_tokenizer(json.loads(Path(args.tokenizer).read_text()))
+
+    checkpoints = CheckpointManager(exp_dir, keep=f.keep_checkpoints)
+    latest = checkpoints.latest()
+    state = CheckpointManager.load(latest, map_location="cpu") if latest is not None else None
+    if state is not None:
+        recognizer, _ = recognizer_from_state(state)
+    else:
+        recognizer = Wav2Vec2Recognizer(init_ctc_model(args.init, cfg, tokenizer), cfg.sample_rate)
+    recognizer.to(device)
+    model = recognizer.model
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("wav2vec2 CTC from %s: %.2fM parameters, vocab %d", args.init, n_params / 1e6, tokenizer.vocab_size)
+
+    records = [r for r in spellable(read_manifest(args.train), tokenizer) if r.duration <= f.max_duration]
+    augment = WaveAugment(cfg.augment, cfg.sample_rate, seed=f.seed)
+    train_loader, sampler = build_loader(Path(args.train), records, sample_rate=cfg.sample_rate,
+                                         max_seconds=f.max_seconds, max_batch_size=f.max_batch_size, shuffle=True,
+                                         seed=f.seed, num_workers=f.num_workers, transform=augment)
+    log.info("training on %d utterances, %.2f h", len(records), sum(r.duration for r in records) / 3600)
+    dev_loader = None
+    if args.dev:
+        dev = spellable(read_manifest(args.dev), tokenizer)
+        if len(dev) > f.dev_max_utterances:
+            dev = dev[:: math.ceil(len(dev) / f.dev_max_utterances)]
+        dev_loader, _ = build_loader(Path(args.dev), dev, sample_rate=cfg.sample_rate, max_seconds=f.max_seconds,
+                                     max_batch_size=f.max_batch_size, shuffle=False, seed=0, num_workers=0)
+
+    head = list(model.lm_head.parameters())
+    head_ids = {id(p) for p in head}
+    body = [p for p in model.parameters() if id(p) not in head_ids]
+    optimizer = torch.optim.AdamW([{"params": head, "lr": f.head_lr}, {"params": body, "lr": f.body_lr}],
+                                  weight_decay=f.weight_decay)
+    schedule = lambda s: warmup_decay(s, warmup=f.warmup_steps, total=f.total_steps)  # noqa: E731
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [schedule, schedule])
+    step, best_cer, train_seconds = 0, math.inf, 0.0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        sampler.load_state_dict(state["sampler"])
+        step, best_cer, train_seconds = state["step"], state["best_cer"], state["train_seconds"]
+        log.info("resumed from %s at step %d", latest, step)
+    init = state["init"] if state is not None else args.init
+    logger = TrainLogger(exp_dir)
+
+    def snapshot() -> dict:
+        return {
+            "model_type": "wav2vec2",
+            "config": to_dict(cfg),
+            "hf_config": json.loads(model.config.to_json_string()),
+            "sample_rate": cfg.sample_rate,
+            "tokenizer": tokenizer.to_dict(),
+            "init": init,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "sampler": sampler.state_dict(batches_done=batches_done),
+            "step": step,
+            "best_cer": best_cer,
+            "train_seconds": train_seconds + time.time() - t_start,  # wall time over all resumes
+        }
+
+    from asr.train import ctc_loss, evaluate
+
+    progress = tqdm(total=f.total_steps, initial=step, desc="finetune", unit="step", dynamic_ncols=True)
+    recognizer.train()
+    t_start, audio_seconds = time.time(), 0.0
+    while step < f.total_steps:
+        batches_done = sampler.state_dict()["batches_done"]
+        for batch in train_loader:
+            set_trainable(model, step, f)
+            np.random.seed(step_seed(f.seed, step))
+            waves, lengths = batch["waves"].to(device), batch["lengths"].to(device)
+            targets = [torch.tensor(tokenizer.encode(t)) for t in batch["texts"]]
+            log_probs, out_lengths = recognizer(waves, lengths)
+            loss = ctc_loss(log_probs, out_lengths, targets, tokenizer.blank_id)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), f.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            batches_done += 1
+            audio_seconds += float(lengths.sum()) / cfg.sample_rate
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[1]:.2e}")
+            if step % 10 == 0 or step == f.total_steps:
+                logger.scalar("train/loss", loss.item(), step)
+                logger.scalar("train/grad_norm", float(grad_norm), step)
+                logger.scalar("train/lr_head", scheduler.get_last_lr()[0], step)
+                logger.scalar("train/lr_body", scheduler.get_last_lr()[1], step)
+                logger.scalar("train/audio_x_realtime", audio_seconds / (time.time() - t_start), step)
+            if dev_loader is not None and (step % f.eval_every == 0 or step == f.total_steps):
+                scores = evaluate(recognizer, dev_loader, tokenizer, device)
+                for k, v in scores.items():
+                    logger.scalar(f"dev/{k}", v, step)
+                logger.plot(["train/loss", "dev/loss", "dev/cer", "dev/wer"])
+                log.info("step %d: dev CER %.2f%% WER %.2f%% loss %.3f", step, 100 * scores["cer"],
+                         100 * scores["wer"], scores["loss"])
+                if scores["cer"] < best_cer:
+                    best_cer = scores["cer"]
+                    checkpoints.save_best(snapshot())
+            if step % f.checkpoint_every == 0 or step == f.total_steps:
+                checkpoints.save(snapshot(), step)
+            if step >= f.total_steps:
+                break
+        else:
+            sampler.set_epoch(sampler.epoch + 1)
+    progress.close()
+    logger.close()
+    last = checkpoints.steps()[-f.average_last:]
+    final = CheckpointManager.load(last[-1])
+    model.load_state_dict(average_state_dicts(last))
+    meta = {"step": final["step"], "train_seconds": final["train_seconds"], "init": init,
+            "averaged": [p.name for p in last], "training_config": final["config"]}
+    save_model_dir(recognizer, tokenizer, exp_dir / "final", meta)
+    log.info("wrote %s (average of %s)", exp_dir / "final", meta["averaged"])
+    return exp_dir / "final"
+
+
+def export(model_path: str, out: str, *, lm: str | None, decoder: str | None) -> Path:
+    """A self-contained model folder (with LM and tuned decoder) from a model folder or checkpoint."""
+    path = Path(model_path)
+    if path.is_file():
+        state = CheckpointManager.load(path)
+        loaded = load_wav2vec2(path, state=state)
+        meta = {"step": state["step"], "train_seconds": state["train_seconds"], "init": state["init"]}
+    else:
+        loaded = load_wav2vec2(path)
+        meta = {k: v for k, v in json.loads((path / "glottis.json").read_text()).items()
+                if k not in ("format", "tokenizer", "sample_rate")}
+    return save_model_dir(loaded.recognizer, loaded.tokenizer, out, meta,
+                          extra={"lm.arpa": lm, "decoder.json": decoder})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m asr.wav2vec2", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    ft = sub.add_parser("finetune", help="CTC fine-tuning (resumes when rerun)")
+    ft.add_argument("--config", required=True, help="YAML mapping onto Wav2Vec2ExpConfig")
+    ft.add_argument("--exp-dir", required=True, help="checkpoints, logs, plots and final/ go here")
+    ft.add_argument("--train", required=True, help="training manifest (JSON lines)")
+    ft.add_argument("--dev", help="dev manifest for CER during training")
+    ft.add_argument("--tokenizer", required=True, help="tokenizer JSON written by asr.tokenizer")
+    ft.add_argument("--init", default="random", help="HF-format folder, cached hub id, or 'random'")
+    ft.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value, e.g. --set finetune.total_steps=100")
+    ft.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    ft.add_argument("--threads", type=int, default=0, help="torch threads (0: one per core left free)")
+    ex = sub.add_parser("export", help="a model folder with LM and decoder settings")
+    ex.add_argument("--model", required=True, help="fine-tuned model folder or checkpoint (.pt)")
+    ex.add_argument("--out", required=True)
+    ex.add_argument("--lm", help="ARPA LM to include")
+    ex.add_argument("--decoder", help="decoder.json with tuned LM weight and word score")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "export":
+        export(args.model, args.out, lm=args.lm, decoder=args.decoder)
+        return 0
+    cfg = load_config(Wav2Vec2ExpConfig, args.config, args.set)
+    finetune(cfg, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""wav2vec 2.0 on tiny random configs in temporary folders, never the network: pretraining lowers its loss
+and writes a folder fine-tuning loads; fine-tuning lowers the CTC loss, keeps the feature encoder frozen
+as told, and its model folder round-trips; label decoding keeps repeated letters; ``glottis transcribe``
+and ``asr.evaluate`` recognise a wav2vec 2.0 folder. Plus the 1-hour subset and the comparison table."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported: nothing here may use the network
+
+from asr import evaluate  # noqa: E402
+from asr.bundle import is_wav2vec2_folder, load_recognizer  # noqa: E402
+from asr.compare import compare, report  # noqa: E402
+from asr.decode import greedy_decode  # noqa: E402
+from asr.subset import balanced_subset  # noqa: E402
+from asr.tokenizer import CharTokenizer  # noqa: E402
+from asr.transcribe import Transcriber  # noqa: E402
+from asr.wav2vec2 import (  # noqa: E402
+    Wav2Vec2ExpConfig,
+    Wav2Vec2Recognizer,
+    build_processor,
+    decode_labels,
+    init_ctc_model,
+)
+from asr.wav2vec2 import main as wav2vec2_main  # noqa: E402
+from asr.wav2vec2_pretrain import build_pretraining_model, pretraining_loss  # noqa: E402
+from asr.wav2vec2_pretrain import main as pretrain_main  # noqa: E402
+from audio.atomic import write_json  # noqa: E402
+from audio.cli import main as glottis  # noqa: E402
+from audio.config import load_config  # noqa: E402
+from audio.io import load  # noqa: E402
+from audio.manifest import Utterance, read_manifest  # noqa: E402
+from audio.training import CheckpointManager  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "asr" / "wav2vec2_tiny.yaml"
+SR = 16000
+FT_STEPS = 40
+
+
+def metric(exp_dir: Path, name: str) -> list[tuple[int, float]]:
+    rows = [json.loads(line) for line in (exp_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["value"]) for r in rows if r["name"] == name]
+
+
+def batch_of(manifest: Path, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    records = read_manifest(manifest)[:n]
+    waves = [load(manifest.parent / r.audio, SR)[0] for r in records]
+    return torch.nn.utils.rnn.pad_sequence(waves, batch_first=True), torch.tensor([w.numel() for w in waves])
+
+
+@pytest.fixture(scope="module")
+def pretrained(asr_corpus, tmp_path_factory) -> Path:
+    """``asr.wav2vec2_pretrain`` for a few steps on the fixture corpus: its ``final/`` folder."""
+    exp = tmp_path_factory.mktemp("w2v_pretrain")
+    assert pretrain_main(["--config", str(TINY), "--exp-dir", str(exp), "--train", str(asr_corpus.manifest),
+                          "--dev", str(asr_corpus.manifest), "--threads", "1", "--device", "cpu"]) == 0
+    return exp / "final"
+
+
+@pytest.fixture(scope="module")
+def finetuned(asr_corpus, pretrained, tmp_path_factory) -> Path:
+    """Fine-tuned from ``pretrained`` for FT_STEPS on the fixture corpus, feature encoder frozen for 20."""
+    exp = tmp_path_factory.mktemp("w2v_finetune")
+    args = ["finetune", "--config", str(TINY), "--exp-dir", str(exp), "--train", str(asr_corpus.manifest),
+            "--dev", str(asr_corpus.manifest), "--tokenizer", str(asr_corpus.tokenizer), "--init", str(pretrained),
+            "--threads", "1", "--device", "cpu"]
+    for item in (f"finetune.total_steps={FT_STEPS}", "finetune.freeze_feature_encoder_steps=20",
+                 "finetune.average_last=1"):
+        args += ["--set", item]
+    assert wav2vec2_main(args) == 0
+    return exp
+
+
+def test_label_decoding_keeps_repeated_letters():
+    tokenizer = CharTokenizer()
+    texts = ["hello little bookkeeper", "all ok"]
+    rows = [tokenizer.encode(t) for t in texts]
+    labels = torch.full((2, max(map(len, rows))), -100)
+    for b, row in enumerate(rows):
+        labels[b, : len(row)] = torch.tensor(row)
+    assert decode_labels(labels, tokenizer) == texts
+    # The HF processor built from our tokenizer spells the same ids; its default decode groups repeats.
+    processor = build_processor(tokenizer, sample_rate=SR, attention_mask=True)
+    assert len(processor.tokenizer) == tokenizer.vocab_size
+    assert processor.tokenizer(texts[0]).input_ids == rows[0]
+    assert processor.tokenizer.decode(rows[0], group_tokens=False) == texts[0]
+    assert processor.tokenizer.decode(rows[0]) == "helo litle bokeper"
+
+
+def test_pretraining_step_lowers_the_loss_on_a_repeated_batch(asr_corpus):
+    cfg = load_config(Wav2Vec2ExpConfig, TINY)
+    torch.manual_seed(0)
+    model = build_pretraining_model(cfg).train()
+    model.set_gumbel_temperature(1.0)
+    waves, lengths = batch_of(asr_corpus.manifest, 4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(12):
+        torch.manual_seed(1)  # the same Gumbel noise and dropout every step: only the weights change
+        out = pretraining_loss(model, waves, lengths, cfg.pretrain, seed=0)
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+        losses.append(out["loss"].item())
+        assert 1 <= float(out["perplexity"]) <= 2 * 8  # groups x codevectors per group
+    assert out["masked"] > 0 and out["contrastive"] > 0
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_pretraining_writes_a_folder_that_fine_tuning_loads(pretrained, asr_corpus):
+    glottis_json = json.loads((pretrained / "glottis.json").read_text())
+    assert glottis_json["step"] == 10 and glottis_json["train_seconds"] > 0
+    assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= {p.name for p in pretrained.iterdir()}
+    exp = pretrained.parent
+    assert [s for s, _ in metric(exp, "train/perplexity")] == [10]
+    assert [s for s, _ in metric(exp, "dev/contrastive")] == [5, 10]
+    cfg = load_config(Wav2Vec2ExpConfig, TINY)
+    ctc = init_ctc_model(str(pretrained), cfg, CharTokenizer())
+    state = CheckpointManager.load(exp / "checkpoints" / "step-00000010.pt")["model"]
+    for name, value in ctc.wav2vec2.state_dict().items():
+        assert torch.equal(value, state[f"wav2vec2.{name}"]), name
+    assert ctc.lm_head.out_features == 29 and ctc.config.pad_token_id == 0
+    assert ctc.config.mask_time_prob == cfg.masking.mask_time_prob  # our masking, not pretraining's
+    with pytest.raises(FileNotFoundError, match="cache"):
+        init_ctc_model("nobody/no-such-wav2vec2", cfg, CharTokenizer())
+
+
+def test_fine_tuning_lowers_the_loss_and_freezes_the_feature_encoder(finetuned, pretrained):
+    dev = metric(finetuned, "dev/loss")
+    assert [s for s, _ in dev] == [10, 20, 30, 40]
+    assert dev[-1][1] < 0.8 * dev[0][1], dev
+    head, body = dict(metric(finetuned, "train/lr_head")), dict(metric(finetuned, "train/lr_body"))
+    assert head[10] / body[10] == pytest.approx(0.005 / 0.002)  # wav2vec2_tiny.yaml: head_lr / body_lr
+    start = CheckpointManager.load(pretrained.parent / "checkpoints" / "step-00000010.pt")["model"]
+    at_20 = CheckpointManager.load(finetuned / "checkpoints" / "step-00000020.pt")["model"]
+    at_40 = CheckpointManager.load(finetuned / "checkpoints" / "step-00000040.pt")["model"]
+    conv = "wav2vec2.feature_extractor.conv_layers.1.conv.weight"
+    assert torch.equal(at_20[conv], start[conv])  # frozen for the first 20 steps
+    assert not torch.equal(at_40[conv], at_20[conv])  # and trained after
+    layer = "wav2vec2.encoder.layers.0.feed_forward.output_dense.weight"
+    assert not torch.equal(at_20[layer], start[layer])
+
+
+def test_model_folder_round_trips(finetuned, asr_corpus):
+    final = finetuned / "final"
+    assert is_wav2vec2_folder(final) and not list(finetuned.rglob("*.tmp"))
+    from_folder = load_recognizer(final)
+    from_checkpoint = load_recognizer(finetuned / "checkpoints" / "step-00000040.pt")
+    assert isinstance(from_folder.recognizer, Wav2Vec2Recognizer)
+    assert from_folder.tokenizer.to_dict() == CharTokenizer().to_dict()
+    assert from_folder.recognizer.frame_shift == pytest.approx(0.02)
+    waves, lengths = batch_of(asr_corpus.manifest, 5)
+    with torch.inference_mode():
+        a, a_lengths = from_folder.recognizer(waves, lengths)
+        b, b_lengths = from_checkpoint.recognizer(waves, lengths)
+        alone = [from_folder.recognizer(waves[i : i + 1, : lengths[i]], lengths[i : i + 1]) for i in range(5)]
+    assert torch.equal(a_lengths, b_lengths)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    # A padded batch gives each utterance its lone result (attention mask, masked normalisation).
+    for i, (lp, n) in enumerate(alone):
+        assert int(n) == int(a_lengths[i])
+        torch.testing.assert_close(a[i, : int(n)], lp[0], atol=1e-4, rtol=0)
+    assert json.loads((final / "glottis.json").read_text())["step"] == FT_STEPS
+
+
+def test_transcribe_and_evaluate_detect_a_wav2vec2_folder(finetuned, asr_corpus, tmp_path, capsys, monkeypatch):
+    final = finetuned / "final"
+    wav = asr_corpus.wavs()[0]
+    assert glottis(["transcribe", str(wav), "--model", str(final), "--no-lm", "--format", "jsonl",
+                    "--threads", "1"]) == 0
+    result = json.loads(capsys.readouterr().out.strip())
+    loaded = load_recognizer(final)
+    wave, _ = load(wav, SR)
+    with torch.inference_mode():
+        log_probs, n = loaded.recognizer(wave[None], torch.tensor([wave.numel()]))
+    assert result["text"] == greedy_decode(log_probs, n, loaded.tokenizer)[0].text
+    # Exported with the LM and decoder settings, the folder decodes with the LM by default.
+    decoder = tmp_path / "decoder.json"
+    write_json(decoder, {"beam": 8, "lm_weight": 0.5, "word_score": 0.0})
+    model_dir = tmp_path / "model"
+    assert wav2vec2_main(["export", "--model", str(final), "--out", str(model_dir), "--lm", str(asr_corpus.lm),
+                          "--decoder", str(decoder)]) == 0
+    with_lm = Transcriber(model_dir)
+    assert with_lm.lm_decoder is not None and with_lm.decoder_config.beam == 8
+    text = with_lm.transcribe(wav).text
+    lexicon = set(asr_corpus.text.read_text().split())
+    assert set(text.split()) <= lexicon
+    monkeypatch.setattr(evaluate, "set_threads", lambda n=None: 1)
+    scores = evaluate.score_split(loaded, str(asr_corpus.manifest), None)
+    assert scores["utterances"] == len(read_manifest(asr_corpus.manifest)) and 0 < scores["greedy"]["cer"] <= 1.5
+
+
+def _record(i: int, speaker: str, duration: float) -> Utterance:
+    return Utterance(id=f"{speaker}-{i}", audio=f"{speaker}-{i}.wav", text="a", speaker=speaker,
+                     duration=duration, sample_rate=SR)
+
+
+def test_subset_is_balanced_over_speakers_and_deterministic():
+    records = [_record(i, s, 2.0 + (i % 5)) for s in ("a", "b", "c") for i in range(100)]
+    records += [_record(i, "d", 3.0) for i in range(5)]  # a speaker with little audio
+    records += [_record(i, "e", 30.0) for i in range(50)]  # too long: never picked
+    subset = balanced_subset(records, hours=0.25, seed=3, max_duration=16)
+    assert subset == balanced_subset(records, hours=0.25, seed=3, max_duration=16)
+    assert subset != balanced_subset(records, hours=0.25, seed=4, max_duration=16)
+    total = sum(r.duration for r in subset)
+    assert 900 <= total < 900 + 7
+    counts = {s: sum(r.speaker == s for r in subset) for s in "abcde"}
+    assert counts["d"] == 5 and counts["e"] == 0
+    assert max(counts["a"], counts["b"], counts["c"]) - min(counts["a"], counts["b"], counts["c"]) <= 1
+    assert subset == sorted(subset, key=records.index)  # manifest order
+
+
+def test_compare_checks_the_reference_and_sums_stage_times(tmp_path):
+    def system(name: str, cer: float, seconds: float) -> Path:
+        folder = tmp_path / name
+        write_json(folder / "final" / "glottis.json", {"train_seconds": seconds})
+        split = {"greedy": {"cer": cer, "wer": 2 * cer}, "lm": {"cer": cer / 2, "wer": cer}}
+        write_json(folder / "scores.json", {"splits": {"dev": split, "test": split}, "wall_seconds": 10.0})
+        write_json(folder / "decoder.json", {"wall_seconds": 5.0})
+        return folder
+
+    stage = tmp_path / "pt.json"
+    write_json(stage, {"train_seconds": 100.0})
+    result = compare({"pre": system("pre", 0.1, 50), "scratch": system("scratch", 0.3, 60)}, {"pt": stage},
+                     reference="pre")
+    assert result["reference"] == {"system": "pre", "test_greedy_cer_lowest": True, "test_lm_cer_lowest": True}
+    assert result["stage_seconds_total"] == 100 + 50 + 60 + 2 * (10 + 5)
+    assert "| pre | test | 10.00% | 20.00% | 5.00% | 10.00% |" in report(result)
+    worse = compare({"pre": system("pre2", 0.5, 50), "scratch": system("s2", 0.3, 60)}, {}, reference="pre")
+    assert worse["reference"]["test_greedy_cer_lowest"] is False
