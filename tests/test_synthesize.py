@@ -132,7 +132,8 @@ def test_cli_errors(tiny_model, tmp_path, capsys):
     one = ["--threads", "1"]  # the default, all cores, would slow the rest of the test session down
     assert glottis(["synthesize", "hi", "-o", out, "--model", str(tmp_path / "nowhere"), *one]) == 1
     assert "nowhere" in capsys.readouterr().err
-    assert glottis(["synthesize", "hi", "-o", out, "--model", str(bundle), "--vocoder", "wavenet", *one]) == 2
+    no_vocoder = ["--vocoder", "wavenet", "--vocoder-model", str(tmp_path / "no_vocoder")]
+    assert glottis(["synthesize", "hi", "-o", out, "--model", str(bundle), *no_vocoder, *one]) == 2
     assert "not available yet" in capsys.readouterr().err
     assert glottis(["synthesize", "hi", "--model", str(bundle), *one]) == 2  # no -o
 

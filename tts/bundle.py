@@ -121,7 +121,63 @@ def _fp16_change_db(model: Tacotron, config: dict) -> float:
     return float((outputs[0] - outputs[1]).abs().mean()) * -scale.min_level_db
 
 
-def _model_card(config: dict, fp16: bool) -> str:
+def _card_extras(config: dict, extras: dict) -> str:
+    """The card's data / command / wall-time / scores sections, from what the recipe hands over."""
+    parts = []
+    stats = extras.get("data_stats")
+    if stats:
+        tts = stats.get("tts", {})
+        rows = [
+            f"| {split} | {v.get('utterances', '?')} | {v.get('hours', 0):.2f} |"
+            for split, v in tts.items()
+            if isinstance(v, dict) and "hours" in v
+        ]
+        voice = tts.get("voice") or next(
+            (next(iter(v.get("per_voice", {})), None) for v in tts.values() if isinstance(v, dict)), None
+        )
+        parts += [
+            "## Training data",
+            "",
+            f"The single-voice TTS subset of the synthetic `synth_en` corpus (voice: {voice or '?'}),"
+            " sentence-disjoint train/dev/test; built by `make -C recipes/synth_en data`.",
+            "",
+            "| split | utterances | hours |",
+            "|---|---:|---:|",
+            *rows,
+            "",
+        ]
+    if extras.get("command"):
+        parts += ["## How it was made", "", f"    {extras['command']}", ""]
+        parts += [f"Config: `{extras['config']}` (also inside `config.json`)." if extras.get("config") else "", ""]
+    seconds = config.get("train_seconds")
+    if seconds:
+        parts += [f"Training wall time: {seconds / 60:.0f} minutes, {extras.get('hardware', 'CPU')}.", ""]
+    scores = extras.get("scores")
+    if scores:
+        att = scores.get("attention", {})
+        parts += [
+            "## Scores (test sentences, never seen in training)",
+            "",
+            "| metric | value |",
+            "|---|---:|",
+            f"| sentences | {scores['n']} |",
+            f"| MCD (dB, DTW) mean | {scores['mcd_db']:.2f} |",
+        ]
+        if "roundtrip_cer" in scores:
+            parts.append(f"| round-trip CER (bundled recogniser) | {100 * scores['roundtrip_cer']:.1f}% |")
+        if "reference_cer" in scores:
+            parts.append(f"| same recogniser on the voice's own recordings | {100 * scores['reference_cer']:.1f}% |")
+        if att:
+            parts.append(
+                f"| attention monotonic / diagonality | {att.get('monotonic', 0):.3f} / {att.get('diagonality', 0):.3f} |"
+            )
+        parts += [f"| real-time factor (1 thread, incl. Griffin-Lim) | {scores['real_time_factor']:.3f} |", ""]
+    if extras.get("notes"):
+        parts += ["## Notes", "", extras["notes"], ""]
+    return "\n".join(parts)
+
+
+def _model_card(config: dict, fp16: bool, extras: dict | None = None) -> str:
     feats, model, gl = config["feature_config"], config["model_config"], config["griffin_lim"]
     train = config.get("training_config", {}).get("train", {})
     params = config["parameters"]
@@ -150,11 +206,17 @@ Use: `glottis synthesize "Hello there." -o hello.wav --model {config.get("name",
 
 Limitations: one voice (the training corpus's); English text only; Griffin-Lim phase is audibly
 buzzy; long sentences are split at punctuation and synthesised one at a time.
-"""
+
+""" + _card_extras(config, extras or {})
 
 
 def export_bundle(
-    checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, card: str | None = None, fp16: bool = True
+    checkpoint: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    card: str | None = None,
+    fp16: bool = True,
+    extras: dict | None = None,
 ) -> Path:
     """Write a model folder from a training checkpoint. fp16 weights are used only if they change the
     output by less than ``FP16_MAX_DB`` (else fp32 is written, with a warning). Returns the folder."""
@@ -184,13 +246,14 @@ def export_bundle(
         "parameters": sum(p.numel() for p in loaded.model.parameters()),
         "fp16_check": {"mean_db": change_db, "fp16": fp16},
         "training_config": state["config"],
+        "train_seconds": state.get("train_seconds"),
     }
     write_json(out / "config.json", config)
     if card:
         with atomic_path(out / "README.md") as tmp:
             shutil.copyfile(card, tmp)
     else:
-        write_text(out / "README.md", _model_card(config, fp16))
+        write_text(out / "README.md", _model_card(config, fp16, extras))
     log.info(
         "wrote %s (%.1f MB, %s; fp16 changes the output by %.3f dB)",
         out,
@@ -211,9 +274,21 @@ def main(argv: list[str] | None = None) -> int:
         "--card", help="model card (markdown) to use as README.md instead of the generated one"
     )
     parser.add_argument("--fp32", action="store_true", help="keep float32 weights")
+    parser.add_argument("--scores", help="scores.json from `python -m tts.evaluate score`, for the card")
+    parser.add_argument("--data-stats", help="the corpus stats.json, for the card's data section")
+    parser.add_argument("--command", help="the command that trained the model, for the card")
+    parser.add_argument("--config", help="the config file the model was trained with, for the card")
+    parser.add_argument("--notes", help="free text for the card's notes section")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    export_bundle(args.checkpoint, args.out, card=args.card, fp16=not args.fp32)
+    extras = {
+        "scores": json.loads(Path(args.scores).read_text()) if args.scores else None,
+        "data_stats": json.loads(Path(args.data_stats).read_text()) if args.data_stats else None,
+        "command": args.command,
+        "config": args.config,
+        "notes": args.notes,
+    }
+    export_bundle(args.checkpoint, args.out, card=args.card, fp16=not args.fp32, extras=extras)
     return 0
 
 

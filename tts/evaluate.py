@@ -325,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     synth.add_argument(
         "--threads", type=int, default=1, help="torch threads (default 1, for a comparable RTF)"
     )
+    synth.add_argument("--gl-power", type=float, help="Griffin-Lim magnitude power (default: the model's)")
     sc = sub.add_parser("score", help="MCD, round-trip CER and attention scores -> scores.json")
     sc.add_argument("--manifest", required=True)
     sc.add_argument("--synth-dir", required=True)

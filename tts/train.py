@@ -340,7 +340,7 @@ def train(cfg: TTSConfig, args: argparse.Namespace) -> Path:
         optimizer, lambda s: warmup_decay(s, warmup=cfg.train.warmup_steps, total=cfg.train.total_steps)
     )
     checkpoints = CheckpointManager(exp_dir, keep=cfg.train.keep_checkpoints)
-    step = 0
+    step, train_seconds = 0, 0.0
     latest = checkpoints.latest()
     if latest is not None:
         state = CheckpointManager.load(latest, map_location=device)
@@ -350,6 +350,7 @@ def train(cfg: TTSConfig, args: argparse.Namespace) -> Path:
         sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["rng"])
         step = state["step"]
+        train_seconds = state.get("train_seconds", 0.0)
         log.info("resumed from %s at step %d", latest, step)
 
     ddp_model = DistributedDataParallel(model) if world > 1 else model
@@ -367,6 +368,7 @@ def train(cfg: TTSConfig, args: argparse.Namespace) -> Path:
             "sampler": sampler.state_dict(batches_done=batches_done),
             "rng": torch.get_rng_state(),
             "step": step,
+            "train_seconds": train_seconds + time.time() - t_start,  # wall time over all resumes
         }
 
     last_step = cfg.train.total_steps

@@ -10,7 +10,6 @@ TTS_TRAIN_ARGS ?=
 TTS_SYNTH_ARGS ?=
 # The recogniser for the round trip: the bundled ASR model by default (override, e.g. with a checkpoint).
 TTS_ASR_MODEL ?= $(ROOT)/asr/pretrained/conv_bilstm_synth_en
-GLOTTIS := $(ROOT)/.venv/bin/glottis
 
 .PHONY: tts tts-bundle
 tts: $(TTS_EXP)/scores.json $(TTS_EXP)/RESULTS.md $(TTS_EXP)/alignment.png
@@ -42,5 +41,9 @@ $(TTS_EXP)/alignment.png: $(TTS_EXP)/synth/test/synth.jsonl
 	$(PYTHON) -m tts.evaluate plot --synth-dir $(<D) --out $@
 
 # Refresh the model shipped inside the package from this recipe's result.
+TTS_CARD_NOTES ?=
 tts-bundle: $(TTS_EXP)/scores.json
-	$(PYTHON) -m tts.bundle --checkpoint $(TTS_EXP)/final.pt --out $(TTS_BUNDLE)
+	$(PYTHON) -m tts.bundle --checkpoint $(TTS_EXP)/final.pt --out $(TTS_BUNDLE) \
+	  --scores $(TTS_EXP)/scores.json --data-stats $(DATA)/stats.json \
+	  --config configs/tts/$(notdir $(TTS_CONFIG)) \
+	  --command "make setup && make -C recipes/synth_en data tts tts-bundle" --notes "$(TTS_CARD_NOTES)"
