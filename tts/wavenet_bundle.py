@@ -47,7 +47,7 @@ def _fp16_check(model, n_mels: int) -> dict:
     return {"mean_abs_logit_change": float((a - b).abs().mean()), "cross_entropy_change": abs(ce[1] - ce[0])}
 
 
-def model_card(config: dict, scores: dict | None = None) -> str:
+def model_card(config: dict, scores: dict | None = None, notes: str | None = None) -> str:
     """MODEL_CARD.md text from a bundle's config (and the recipe's scores.json, if given)."""
     m, f = config["model_config"], config["feature_config"]
     train = config.get("training_config", {}).get("train", {})
@@ -89,12 +89,24 @@ def model_card(config: dict, scores: dict | None = None) -> str:
         "Limitations: one voice (a synthetic one); trained for about an hour on one CPU core, so the output "
         "keeps a noise floor that a longer training would lower; sampling is random (seeded) and a "
         "softmax over 256 levels limits the dynamic range to that of 8-bit mu-law.",
+        "",
+        "## How it was made",
+        "",
+        "    make setup && make -C recipes/synth_en data vocoder vocoder-bundle",
+        "",
+        "Config: `configs/tts/wavenet.yaml` (also in `config.yaml`).",
     ]
+    if notes:
+        lines += ["", notes]
     return "\n".join(lines) + "\n"
 
 
 def export_vocoder(
-    checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, scores: str | os.PathLike | None = None
+    checkpoint: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    scores: str | os.PathLike | None = None,
+    notes: str | None = None,
 ) -> Path:
     """Write a vocoder folder from a training checkpoint. Returns the folder."""
     state = CheckpointManager.load(checkpoint)
@@ -117,7 +129,7 @@ def export_vocoder(
     }
     write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     score_data = json.loads(Path(scores).read_text(encoding="utf-8")) if scores else None
-    write_text(out / "MODEL_CARD.md", model_card(config, score_data))
+    write_text(out / "MODEL_CARD.md", model_card(config, score_data, notes))
     log.info("wrote %s (%.2f MB)", out, sum(p.stat().st_size for p in out.iterdir()) / 1e6)
     return out
 
@@ -131,9 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", required=True, help="model folder to write")
     parser.add_argument("--scores", help="the recipe's scores.json, quoted in the model card")
+    parser.add_argument("--notes", help="free text for the model card (wall time, caveats)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    export_vocoder(args.checkpoint, args.out, scores=args.scores)
+    export_vocoder(args.checkpoint, args.out, scores=args.scores, notes=args.notes)
     return 0
 
 
