@@ -36,12 +36,12 @@ from audio.stats import FeatureStats
 from audio.training import (
     CheckpointManager,
     TrainLogger,
-    average_state_dicts,
     choose_device,
     init_distributed,
     is_main_process,
     set_threads,
     warmup_decay,
+    write_final,
 )
 
 log = logging.getLogger("asr.train")
@@ -281,17 +281,8 @@ def train(cfg: ASRConfig, args: argparse.Namespace) -> Path:
 
 
 def finalize(exp_dir: Path, checkpoints: CheckpointManager, cfg: ASRConfig) -> None:
-    """Write ``final.pt``: the average of the last K step checkpoints."""
-    last = checkpoints.steps()[-cfg.train.average_last:]
-    state = CheckpointManager.load(last[-1])
-    state["model"] = average_state_dicts(last)
-    state["averaged"] = [p.name for p in last]
-    for key in ("optimizer", "scheduler", "sampler"):
-        state.pop(key, None)
-    from audio.training import _atomic_save
-
-    _atomic_save(state, exp_dir / "final.pt")
-    log.info("wrote %s (average of %s)", exp_dir / "final.pt", [p.name for p in last])
+    """Write ``final.pt``: the average of the last ``average_last`` step checkpoints."""
+    write_final(exp_dir, checkpoints, cfg.train.average_last, drop=("optimizer", "scheduler", "sampler"))
 
 
 def main(argv: list[str] | None = None) -> int:

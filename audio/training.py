@@ -124,6 +124,25 @@ def _atomic_save(obj: Any, path: Path) -> None:
         torch.save(obj, tmp)
 
 
+def write_final(exp_dir: str | os.PathLike, checkpoints: CheckpointManager, average_last: int,
+                drop: tuple[str, ...] = ("optimizer", "scheduler", "sampler", "rng")) -> Path:
+    """Write ``exp_dir/final.pt``: the newest checkpoint with its model replaced by the average of the
+    last ``average_last`` step checkpoints and the training-only entries ``drop`` removed; and
+    ``final.txt`` naming the averaged files. Returns the path of ``final.pt``."""
+    exp_dir = Path(exp_dir)
+    last = checkpoints.steps()[-average_last:]
+    state = CheckpointManager.load(last[-1])
+    state["model"] = average_state_dicts(last)
+    state["averaged"] = [p.name for p in last]
+    for key in drop:
+        state.pop(key, None)
+    _atomic_save(state, exp_dir / "final.pt")
+    with atomic_path(exp_dir / "final.txt") as tmp:
+        Path(tmp).write_text(f"average of {', '.join(p.name for p in last)}\n")
+    log.info("wrote %s (average of %s)", exp_dir / "final.pt", [p.name for p in last])
+    return exp_dir / "final.pt"
+
+
 def average_state_dicts(paths: list[str | os.PathLike], key: str = "model") -> dict[str, torch.Tensor]:
     """Element-wise mean of the ``key`` state dicts of several checkpoints (integer buffers taken from
     the last)."""

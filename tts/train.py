@@ -27,7 +27,6 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.nn.utils.rnn import pad_sequence
 from tqdm import tqdm
 
-from audio.atomic import write_text
 from audio.config import load_config, save_config, to_dict
 from audio.datasets import BucketBatchSampler
 from audio.features import FeatureConfig
@@ -37,13 +36,12 @@ from audio.plot import plot_alignment, plot_spectrogram
 from audio.training import (
     CheckpointManager,
     TrainLogger,
-    _atomic_save,
-    average_state_dicts,
     choose_device,
     init_distributed,
     is_main_process,
     set_threads,
     warmup_decay,
+    write_final,
 )
 from tts.alignment import alignment_scores, mean_scores
 from tts.spectrogram import TTS_FEATURES, GriffinLimConfig, SpectrogramScale, TargetExtractor, linear_to_wave
@@ -456,15 +454,7 @@ def train(cfg: TTSConfig, args: argparse.Namespace) -> Path:
 
 def finalize(exp_dir: Path, checkpoints: CheckpointManager, cfg: TTSConfig) -> None:
     """Write ``final.pt``: the average of the last ``average_last`` step checkpoints."""
-    last = checkpoints.steps()[-cfg.train.average_last :]
-    state = CheckpointManager.load(last[-1])
-    state["model"] = average_state_dicts(last)
-    state["averaged"] = [p.name for p in last]
-    for key in ("optimizer", "scheduler", "sampler", "rng"):
-        state.pop(key, None)
-    _atomic_save(state, exp_dir / "final.pt")
-    write_text(exp_dir / "final.txt", f"average of {', '.join(p.name for p in last)}\n")
-    log.info("wrote %s (average of %s)", exp_dir / "final.pt", [p.name for p in last])
+    write_final(exp_dir, checkpoints, cfg.train.average_last, drop=("optimizer", "scheduler", "sampler", "rng"))
 
 
 def main(argv: list[str] | None = None) -> int:

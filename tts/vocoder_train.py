@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from audio.atomic import write_text
 from audio.config import load_config, save_config, to_dict
 from audio.features import FeatureConfig
 from audio.io import load, save
@@ -36,11 +35,10 @@ from audio.manifest import read_manifest, resolve_audio
 from audio.training import (
     CheckpointManager,
     TrainLogger,
-    _atomic_save,
-    average_state_dicts,
     choose_device,
     set_threads,
     warmup_decay,
+    write_final,
 )
 from tts.spectrogram import TTS_FEATURES, SpectrogramScale, TargetExtractor
 from tts.wavenet import FastGenerator, WaveNet, WaveNetConfig, mu_law_decode, mu_law_encode
@@ -343,15 +341,7 @@ def train(cfg: VocoderConfig, args: argparse.Namespace) -> Path:
 
 def finalize(exp_dir: Path, checkpoints: CheckpointManager, cfg: VocoderConfig) -> None:
     """Write ``final.pt``: the average of the last ``average_last`` step checkpoints."""
-    last = checkpoints.steps()[-cfg.train.average_last :]
-    state = CheckpointManager.load(last[-1])
-    state["model"] = average_state_dicts(last)
-    state["averaged"] = [p.name for p in last]
-    for key in ("optimizer", "scheduler", "windows_rng", "rng"):
-        state.pop(key, None)
-    _atomic_save(state, exp_dir / "final.pt")
-    write_text(exp_dir / "final.txt", f"average of {', '.join(p.name for p in last)}\n")
-    log.info("wrote %s (average of %s)", exp_dir / "final.pt", [p.name for p in last])
+    write_final(exp_dir, checkpoints, cfg.train.average_last, drop=("optimizer", "scheduler", "windows_rng", "rng"))
 
 
 def main(argv: list[str] | None = None) -> int:
