@@ -36,6 +36,7 @@ from audio.stats import FeatureStats
 from audio.training import (
     CheckpointManager,
     TrainLogger,
+    add_trainer_arguments,
     choose_device,
     init_distributed,
     is_main_process,
@@ -287,15 +288,11 @@ def finalize(exp_dir: Path, checkpoints: CheckpointManager, cfg: ASRConfig) -> N
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m asr.train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="YAML mapping onto ASRConfig")
-    parser.add_argument("--exp-dir", required=True, help="checkpoints, logs and plots go here")
-    parser.add_argument("--train", required=True, help="training manifest (JSON lines)")
-    parser.add_argument("--dev", help="dev manifest for CER during training")
+    add_trainer_arguments(parser, config_help="YAML mapping onto ASRConfig",
+                          exp_help="checkpoints, logs and plots go here",
+                          train_help="training manifest (JSON lines)", dev_help="dev manifest for CER during training")
     parser.add_argument("--tokenizer", required=True, help="tokenizer JSON written by asr.tokenizer")
     parser.add_argument("--stats", required=True, help="feature statistics JSON written by audio.stats")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set train.total_steps=100")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads (0: one per core left free by the data-loader workers)")
     args = parser.parse_args(argv)

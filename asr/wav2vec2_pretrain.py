@@ -46,7 +46,14 @@ from asr.wav2vec2 import (
 from audio.atomic import write_json
 from audio.config import load_config, save_config, to_dict
 from audio.manifest import read_manifest
-from audio.training import CheckpointManager, TrainLogger, choose_device, set_threads, warmup_decay
+from audio.training import (
+    CheckpointManager,
+    TrainLogger,
+    add_trainer_arguments,
+    choose_device,
+    set_threads,
+    warmup_decay,
+)
 
 log = logging.getLogger("asr.wav2vec2_pretrain")
 
@@ -274,13 +281,10 @@ def pretrain(cfg: Wav2Vec2ExpConfig, args: argparse.Namespace) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m asr.wav2vec2_pretrain", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="YAML mapping onto asr.wav2vec2.Wav2Vec2ExpConfig")
-    parser.add_argument("--exp-dir", required=True, help="checkpoints, logs, plots and final/ go here")
-    parser.add_argument("--train", required=True, help="manifest of the audio (transcripts are not used)")
-    parser.add_argument("--dev", help="manifest for a held-out loss during training")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set pretrain.total_steps=100")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_trainer_arguments(parser, config_help="YAML mapping onto asr.wav2vec2.Wav2Vec2ExpConfig",
+                          exp_help="checkpoints, logs, plots and final/ go here",
+                          train_help="manifest of the audio (transcripts are not used)",
+                          dev_help="manifest for a held-out loss during training")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: one per core left free)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -34,6 +34,18 @@ __all__ = [
 ]
 
 
+def add_trainer_arguments(parser, *, config_help: str, exp_help: str, train_help: str, dev_help: str,
+                          device_default: str = "auto") -> None:
+    """The options every trainer shares: --config, --exp-dir, --train, --dev, --set and --device."""
+    parser.add_argument("--config", required=True, help=config_help)
+    parser.add_argument("--exp-dir", required=True, help=exp_help)
+    parser.add_argument("--train", required=True, help=train_help)
+    parser.add_argument("--dev", help=dev_help)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set train.total_steps=100")
+    parser.add_argument("--device", default=device_default, help="auto, cpu, cuda or cuda:N")
+
+
 def choose_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA when there is one, else the CPU."""
     if name == "auto":

@@ -36,6 +36,7 @@ from audio.plot import plot_alignment, plot_spectrogram
 from audio.training import (
     CheckpointManager,
     TrainLogger,
+    add_trainer_arguments,
     choose_device,
     init_distributed,
     is_main_process,
@@ -459,18 +460,13 @@ def finalize(exp_dir: Path, checkpoints: CheckpointManager, cfg: TTSConfig) -> N
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tts.train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="YAML mapping onto TTSConfig")
-    parser.add_argument("--exp-dir", required=True, help="checkpoints, logs, plots and samples go here")
-    parser.add_argument("--train", required=True, help="training manifest (JSON lines)")
-    parser.add_argument("--dev", help="dev manifest for the dev loss and sample synthesis")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set train.total_steps=100",
+    add_trainer_arguments(
+        parser,
+        config_help="YAML mapping onto TTSConfig",
+        exp_help="checkpoints, logs, plots and samples go here",
+        train_help="training manifest (JSON lines)",
+        dev_help="dev manifest for the dev loss and sample synthesis",
     )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument(
         "--threads",
         type=int,

@@ -35,6 +35,7 @@ from audio.manifest import read_manifest, resolve_audio
 from audio.training import (
     CheckpointManager,
     TrainLogger,
+    add_trainer_arguments,
     choose_device,
     set_threads,
     warmup_decay,
@@ -346,18 +347,14 @@ def finalize(exp_dir: Path, checkpoints: CheckpointManager, cfg: VocoderConfig) 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tts.vocoder_train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="YAML mapping onto VocoderConfig")
-    parser.add_argument("--exp-dir", required=True, help="checkpoints, logs, curves and samples go here")
-    parser.add_argument("--train", required=True, help="training manifest (JSON lines)")
-    parser.add_argument("--dev", help="dev manifest for the dev loss and generated samples")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set train.total_steps=100",
+    add_trainer_arguments(
+        parser,
+        config_help="YAML mapping onto VocoderConfig",
+        exp_help="checkpoints, logs, curves and samples go here",
+        train_help="training manifest (JSON lines)",
+        dev_help="dev manifest for the dev loss and generated samples",
+        device_default="cpu",
     )
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: train.threads)")
     parser.add_argument(
         "--stop-after-steps", type=int, default=0, help="end this run after N steps (with a checkpoint)"
