@@ -37,7 +37,7 @@ W2V_WORD_SCORES ?= -1,0,1
 
 W2V_MANIFESTS := $(DATA)/manifests
 W2V_TUNE = $(PYTHON) -m asr.evaluate tune --lm $(ASR_EXP)/lm.arpa --manifest $(W2V_MANIFESTS)/dev.jsonl \
-  --limit $(W2V_TUNE_LIMIT) --lm-weights $(W2V_LM_WEIGHTS) --word-scores $(W2V_WORD_SCORES) --out $@ --model
+  --limit $(W2V_TUNE_LIMIT) --lm-weights=$(W2V_LM_WEIGHTS) --word-scores=$(W2V_WORD_SCORES) --out $@ --model
 W2V_SCORE = $(PYTHON) -m asr.evaluate score --lm $(ASR_EXP)/lm.arpa --decoder $(@D)/decoder.json \
   --split dev=$(W2V_MANIFESTS)/dev.jsonl --split test=$(W2V_MANIFESTS)/test.jsonl --out $@ --model
 
