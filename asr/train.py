@@ -13,8 +13,6 @@ import argparse
 import json
 import logging
 import math
-import os
-import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,7 +26,7 @@ from asr.augment import AugmentConfig, WaveAugment
 from asr.model import MODELS, ConvBiLSTMConfig
 from asr.recognizer import Recognizer
 from asr.tokenizer import load_tokenizer
-from audio.config import load_config, save_config, to_dict
+from audio.config import load_config, to_dict
 from audio.datasets import BucketBatchSampler, UtteranceDataset, collate_waves
 from audio.features import FeatureConfig
 from audio.manifest import read_manifest
@@ -37,10 +35,7 @@ from audio.training import (
     CheckpointManager,
     TrainLogger,
     add_trainer_arguments,
-    choose_device,
-    init_distributed,
-    is_main_process,
-    set_threads,
+    start_run,
     warmup_decay,
     write_final,
 )
@@ -156,19 +151,8 @@ def ctc_loss(log_probs: torch.Tensor, lengths: torch.Tensor, targets: list[torch
 
 
 def train(cfg: ASRConfig, args: argparse.Namespace) -> Path:
-    device = choose_device(args.device)
-    rank, world = init_distributed(device)
-    # One intra-op thread per core not taken by a data-loader worker: with 2 cores, 2 OpenMP threads
-    # plus a busy worker run ~15x slower than 1 thread (measured), as the threads spin-wait for a core.
-    cores = len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    set_threads(args.threads or max(1, cores - cfg.train.num_workers))
-    torch.manual_seed(cfg.train.seed + rank)
-    random.seed(cfg.train.seed + rank)
-    exp_dir = Path(args.exp_dir)
-    main_proc = is_main_process()
-    if main_proc:
-        exp_dir.mkdir(parents=True, exist_ok=True)
-        save_config(exp_dir / "config.yaml", cfg)
+    device, rank, world, exp_dir, main_proc = start_run(cfg, args, num_workers=cfg.train.num_workers,
+                                                        seed=cfg.train.seed)
 
     tokenizer = load_tokenizer(json.loads(Path(args.tokenizer).read_text()))
     stats = FeatureStats.load(args.stats)

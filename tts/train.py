@@ -16,7 +16,6 @@ import argparse
 import logging
 import math
 import os
-import random
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -27,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.nn.utils.rnn import pad_sequence
 from tqdm import tqdm
 
-from audio.config import load_config, save_config, to_dict
+from audio.config import load_config, to_dict
 from audio.datasets import BucketBatchSampler
 from audio.features import FeatureConfig
 from audio.io import load, save
@@ -37,10 +36,7 @@ from audio.training import (
     CheckpointManager,
     TrainLogger,
     add_trainer_arguments,
-    choose_device,
-    init_distributed,
-    is_main_process,
-    set_threads,
+    start_run,
     warmup_decay,
     write_final,
 )
@@ -299,19 +295,9 @@ def evaluate(
 
 def train(cfg: TTSConfig, args: argparse.Namespace) -> Path:
     """Train (or resume) in ``args.exp_dir``. Returns the experiment folder."""
-    device = choose_device(args.device)
-    rank, world = init_distributed(device)
-    # One intra-op thread per core not taken by a data-loader worker: with 2 cores, 2 OpenMP threads
-    # plus a busy worker run ~15x slower than 1 thread, as the threads spin-wait for a core.
-    cores = len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    set_threads(args.threads or max(1, cores - cfg.train.num_workers))
-    torch.manual_seed(cfg.train.seed + rank)
-    random.seed(cfg.train.seed + rank)
-    exp_dir = Path(args.exp_dir)
-    main_proc = is_main_process()
-    if main_proc:
-        exp_dir.mkdir(parents=True, exist_ok=True)
-        save_config(exp_dir / "config.yaml", cfg)
+    device, rank, world, exp_dir, main_proc = start_run(
+        cfg, args, num_workers=cfg.train.num_workers, seed=cfg.train.seed
+    )
 
     model = build_model(cfg).to(device)
     log.info(
