@@ -15,7 +15,7 @@ import logging
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -35,6 +35,7 @@ from audio.training import (
     CheckpointManager,
     TrainLogger,
     add_trainer_arguments,
+    load_init_weights,
     start_run,
     warmup_decay,
     write_final,
@@ -188,6 +189,11 @@ def train(cfg: ASRConfig, args: argparse.Namespace) -> Path:
         step, best_cer = state["step"], state["best_cer"]
         train_seconds = state.get("train_seconds", 0.0)
         log.info("resumed from %s at step %d", latest, step)
+    elif args.init:
+        load_init_weights(recognizer, args.init)
+        # The init's feature statistics are buffers and come with its weights; record those.
+        stats = replace(stats, mean=tuple(recognizer.feat_mean.flatten().tolist()),
+                        std=tuple(recognizer.feat_std.flatten().tolist()))
 
     model = DistributedDataParallel(recognizer) if world > 1 else recognizer
     use_amp = cfg.train.amp and device.type == "cuda"
@@ -208,6 +214,7 @@ def train(cfg: ASRConfig, args: argparse.Namespace) -> Path:
             "step": step,
             "best_cer": best_cer,
             "train_seconds": train_seconds + time.time() - t_start,  # wall time over all resumes
+            "init": str(args.init) if args.init else None,
         }
 
     progress = tqdm(total=cfg.train.total_steps, initial=step, desc="train", unit="step", disable=not main_proc,
@@ -274,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m asr.train", description=__doc__.split("\n\n")[0])
     add_trainer_arguments(parser, config_help="YAML mapping onto ASRConfig",
                           exp_help="checkpoints, logs and plots go here",
-                          train_help="training manifest (JSON lines)", dev_help="dev manifest for CER during training")
+                          train_help="training manifest (JSON lines)", dev_help="dev manifest for CER during training",
+                          init=True)
     parser.add_argument("--tokenizer", required=True, help="tokenizer JSON written by asr.tokenizer")
     parser.add_argument("--stats", required=True, help="feature statistics JSON written by audio.stats")
     parser.add_argument("--threads", type=int, default=0,

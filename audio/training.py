@@ -31,12 +31,14 @@ __all__ = [
     "CheckpointManager",
     "average_state_dicts",
     "TrainLogger",
+    "load_init_weights",
 ]
 
 
 def add_trainer_arguments(parser, *, config_help: str, exp_help: str, train_help: str, dev_help: str,
-                          device_default: str = "auto") -> None:
-    """The options every trainer shares: --config, --exp-dir, --train, --dev, --set and --device."""
+                          device_default: str = "auto", init: bool = False) -> None:
+    """The options every trainer shares: --config, --exp-dir, --train, --dev, --set and --device; with
+    ``init``, also --init (start from trained weights, see :func:`load_init_weights`)."""
     parser.add_argument("--config", required=True, help=config_help)
     parser.add_argument("--exp-dir", required=True, help=exp_help)
     parser.add_argument("--train", required=True, help=train_help)
@@ -44,6 +46,11 @@ def add_trainer_arguments(parser, *, config_help: str, exp_help: str, train_help
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set train.total_steps=100")
     parser.add_argument("--device", default=device_default, help="auto, cpu, cuda or cuda:N")
+    if init:
+        parser.add_argument("--init", metavar="PATH",
+                            help="start from these weights: a bundled model folder, its model.safetensors, "
+                                 "or a checkpoint .pt (the optimizer starts afresh). Ignored when --exp-dir "
+                                 "already has checkpoints: resuming wins")
 
 
 def choose_device(name: str = "auto") -> torch.device:
@@ -129,6 +136,40 @@ class CheckpointManager:
     @staticmethod
     def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
         return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def load_init_weights(module: torch.nn.Module, path: str | os.PathLike) -> Path:
+    """Load trained weights into ``module`` to continue training from them (a longer run carried over
+    sessions, or fine-tuning). ``path`` is a bundle folder holding ``model.safetensors``, a
+    ``.safetensors`` file, or a checkpoint ``.pt`` with a ``model`` entry. Floating tensors are cast to
+    the module's dtypes (bundles may be fp16). The architecture must match exactly; a mismatch raises a
+    ``ValueError`` naming the file. Returns the file read."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    if not path.exists():
+        raise FileNotFoundError(f"--init: {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        weights = load_file(str(path))
+    else:
+        state = CheckpointManager.load(path)
+        if "model" not in state:
+            raise ValueError(f"--init: {path} is not a checkpoint (no 'model' entry)")
+        weights = state["model"]
+    own = module.state_dict()
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    shapes = [k for k in own if k in weights and own[k].shape != weights[k].shape]
+    if missing or unexpected or shapes:
+        raise ValueError(
+            f"--init: {path} does not fit this model (missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"shape mismatch {shapes[:5]}); are the config's model sizes the same?"
+        )
+    module.load_state_dict({k: v.to(own[k].dtype) if v.is_floating_point() else v for k, v in weights.items()})
+    log.info("initialised %d tensors from %s", len(weights), path)
+    return path
 
 
 def _atomic_save(obj: Any, path: Path) -> None:

@@ -14,7 +14,7 @@ import torch
 from asr.train import ASRConfig, main
 from audio.config import load_config
 from audio.training import CheckpointManager, TrainLogger
-from tests.asr_fixtures import TINY_CONFIG, train_args
+from tests.asr_fixtures import TINY_CONFIG, TRAIN_OVERRIDES, train_args
 
 
 def metric_steps(exp_dir: Path, name: str) -> list[int]:
@@ -167,3 +167,46 @@ def test_oversampled_engines_are_repeated_in_each_epoch(asr_corpus):
     untouched, _ = build_loader(asr_corpus.manifest, other, tokenizer, rank=0, world=1, train=True)
     assert len(tripled.dataset) == 3 * len(plain.dataset) > 0
     assert len(untouched.dataset) == len(plain.dataset)
+
+
+def test_init_starts_from_trained_weights_and_resuming_wins(asr_corpus, tiny_exp, tmp_path, caplog):
+    from asr.bundle import export_bundle
+
+    trained = CheckpointManager.load(tiny_exp / "final.pt")["model"]
+    # Batch-norm running statistics move in the one training step; everything else must not.
+    trained = {k: v for k, v in trained.items() if "running_" not in k and "num_batches" not in k}
+    frozen = (*TRAIN_OVERRIDES, "train.total_steps=1", "train.peak_lr=0.0", "train.checkpoint_every=1",
+              "train.average_last=1")
+    # A learning rate of 0 keeps the initial weights, so final.pt shows what training started from.
+    exp = tmp_path / "from_checkpoint"
+    assert main(train_args(asr_corpus, exp, *frozen) + ["--init", str(tiny_exp / "final.pt")]) == 0
+    got = CheckpointManager.load(exp / "final.pt")
+    assert all(torch.equal(got["model"][k], v) for k, v in trained.items())
+    assert got["init"] == str(tiny_exp / "final.pt")
+    assert list(got["feature_stats"]["mean"]) == pytest.approx(trained["feat_mean"].flatten().tolist())
+
+    bundle = export_bundle(tiny_exp / "final.pt", tmp_path / "bundle")  # fp16 weights
+    exp = tmp_path / "from_bundle"
+    assert main(train_args(asr_corpus, exp, *frozen) + ["--init", str(bundle)]) == 0
+    got = CheckpointManager.load(exp / "final.pt")["model"]
+    for key, value in trained.items():
+        want = value if "feat_" in key or not value.is_floating_point() else value.half().float()
+        torch.testing.assert_close(got[key], want, atol=0, rtol=0, msg=key)
+
+    # An exp folder with checkpoints resumes from them and ignores --init.
+    before = CheckpointManager.load(exp / "final.pt")["model"]
+    with caplog.at_level(logging.INFO, logger="asr.train"):
+        assert main(train_args(asr_corpus, exp, *frozen, "train.total_steps=2")
+                    + ["--init", str(tiny_exp / "final.pt")]) == 0
+    assert "resumed from" in caplog.text and "initialised" not in caplog.text
+    after = CheckpointManager.load(exp / "final.pt")["model"]
+    assert all(torch.equal(after[k], before[k]) for k in trained)  # the resumed weights, not the init's
+
+
+def test_init_from_a_different_architecture_is_an_error_naming_the_file(asr_corpus, tiny_exp, tmp_path):
+    with pytest.raises(ValueError, match=r"final\.pt does not fit this model.*lstm"):
+        main(train_args(asr_corpus, tmp_path / "exp", *TRAIN_OVERRIDES, "model.lstm_hidden=12", "train.total_steps=1")
+             + ["--init", str(tiny_exp / "final.pt")])
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        main(train_args(asr_corpus, tmp_path / "exp2", *TRAIN_OVERRIDES, "train.total_steps=1")
+             + ["--init", str(tmp_path / "nowhere")])

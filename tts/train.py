@@ -36,6 +36,7 @@ from audio.training import (
     CheckpointManager,
     TrainLogger,
     add_trainer_arguments,
+    load_init_weights,
     start_run,
     warmup_decay,
     write_final,
@@ -337,6 +338,8 @@ def train(cfg: TTSConfig, args: argparse.Namespace) -> Path:
         step = state["step"]
         train_seconds = state.get("train_seconds", 0.0)
         log.info("resumed from %s at step %d", latest, step)
+    elif args.init:
+        load_init_weights(model, args.init)
 
     ddp_model = DistributedDataParallel(model) if world > 1 else model
     use_amp = cfg.train.amp and device.type == "cuda"
@@ -354,6 +357,7 @@ def train(cfg: TTSConfig, args: argparse.Namespace) -> Path:
             "rng": torch.get_rng_state(),
             "step": step,
             "train_seconds": train_seconds + time.time() - t_start,  # wall time over all resumes
+            "init": str(args.init) if args.init else None,
         }
 
     last_step = cfg.train.total_steps
@@ -452,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         exp_help="checkpoints, logs, plots and samples go here",
         train_help="training manifest (JSON lines)",
         dev_help="dev manifest for the dev loss and sample synthesis",
+        init=True,
     )
     parser.add_argument(
         "--threads",

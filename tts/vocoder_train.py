@@ -36,6 +36,7 @@ from audio.training import (
     CheckpointManager,
     TrainLogger,
     add_trainer_arguments,
+    load_init_weights,
     choose_device,
     set_threads,
     warmup_decay,
@@ -275,6 +276,8 @@ def train(cfg: VocoderConfig, args: argparse.Namespace) -> Path:
         torch.set_rng_state(state["rng"])
         step, best = state["step"], state.get("best_dev_loss", math.inf)
         log.info("resumed from %s at step %d", latest, step)
+    elif args.init:
+        load_init_weights(model, args.init)
     logger = TrainLogger(exp_dir)
 
     def snapshot() -> dict:
@@ -287,6 +290,7 @@ def train(cfg: VocoderConfig, args: argparse.Namespace) -> Path:
             "rng": torch.get_rng_state(),
             "step": step,
             "best_dev_loss": best,
+            "init": str(args.init) if args.init else None,
         }
 
     last_step = cfg.train.total_steps
@@ -354,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         train_help="training manifest (JSON lines)",
         dev_help="dev manifest for the dev loss and generated samples",
         device_default="cpu",
+        init=True,
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: train.threads)")
     parser.add_argument(

@@ -3,10 +3,12 @@
 #   with the ASR model -> MCD, round-trip CER and attention scores -> RESULTS.md and an alignment plot.
 # Every target is a real file; the trainer resumes from its newest checkpoint when rerun.
 TTS_CONFIG ?= $(ROOT)/configs/tts/tacotron.yaml
-TTS_EXP := exp/tts_tacotron
+TTS_EXP ?= exp/tts_tacotron
 TTS_DATA := $(DATA)/manifests/tts
 TTS_BUNDLE := $(ROOT)/tts/pretrained/tacotron_synth_en
 TTS_TRAIN_ARGS ?=
+# Start from trained weights (bundle folder or checkpoint): see configs/tts/tacotron_continued.yaml.
+TTS_INIT ?=
 TTS_SYNTH_ARGS ?=
 # The recogniser for the round trip: the bundled ASR model by default (override, e.g. with a checkpoint).
 TTS_ASR_MODEL ?= $(ROOT)/asr/pretrained/conv_bilstm_synth_en
@@ -16,7 +18,7 @@ tts: $(TTS_EXP)/scores.json $(TTS_EXP)/RESULTS.md $(TTS_EXP)/alignment.png
 
 $(TTS_EXP)/final.pt: $(DATA)/stats.json $(TTS_CONFIG)
 	$(PYTHON) -m tts.train --config $(TTS_CONFIG) --exp-dir $(TTS_EXP) \
-	  --train $(TTS_DATA)/train.jsonl --dev $(TTS_DATA)/dev.jsonl $(TTS_TRAIN_ARGS)
+	  --train $(TTS_DATA)/train.jsonl --dev $(TTS_DATA)/dev.jsonl $(TTS_TRAIN_ARGS) $(if $(TTS_INIT),--init $(TTS_INIT))
 
 # synth.jsonl is written last, after every wav: its presence means the folder is complete.
 $(TTS_EXP)/synth/test/synth.jsonl: $(TTS_EXP)/final.pt
