@@ -202,6 +202,7 @@ def cmd_card(args) -> int:
         "## How it was made", "",
         "```sh", args.recipe.strip(), "```", "",
         f"Trained for {state['step']} steps"
+        + (f" starting from the weights of `{state['init']}`" if state.get("init") else "")
         + (f" in {hours / 60:.0f} minutes of wall time" if hours else "")
         + f"; the exported weights average the last {cfg['train']['average_last']} checkpoints. "
         f"Config: `{args.config}`. {args.notes or ''}".rstrip(), "",

@@ -114,33 +114,14 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
     return data
 
 
-def read_yaml_config(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read a YAML config mapping. A top-level ``base: other.yaml`` (relative to this file) is read
-    first and this file's values are merged over it, section by section, so a variant config (say, a
-    continued training run) states only what differs."""
-    path = Path(path).resolve()
-    if path in _seen:
-        raise ValueError(f"{path}: 'base' configs form a cycle")
-    with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a config must be a YAML mapping")
-    base = data.pop("base", None)
-    if base is None:
-        return data
-    return _deep_merge(read_yaml_config(path.parent / base, _seen + (path,)), data)
-
-
-def _deep_merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def load_config(cls: type[T], path: str | os.PathLike | None, overrides: list[str] | None = None) -> T:
     """Read YAML ``path`` (or start from defaults when None), apply overrides, build ``cls``."""
-    data = read_yaml_config(path) if path is not None else {}
+    data: dict[str, Any] = {}
+    if path is not None:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a config must be a YAML mapping")
     apply_overrides(data, overrides)
     return from_dict(cls, data, where=str(path) if path else cls.__name__)
 
@@ -161,7 +142,8 @@ def write_section_if_changed(config_path: str | os.PathLike, section: str, out: 
     """
     from audio.atomic import write_text
 
-    data = read_yaml_config(config_path)
+    with open(config_path, encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
     if section not in data:
         raise ValueError(f"{config_path}: no {section!r} section")
     text = yaml.safe_dump({section: data[section]}, sort_keys=True)

@@ -152,6 +152,8 @@ def _card_extras(config: dict, extras: dict) -> str:
     seconds = config.get("train_seconds")
     if seconds:
         parts += [f"Training wall time: {seconds / 60:.0f} minutes, {extras.get('hardware', 'CPU')}.", ""]
+    if config.get("init"):
+        parts += [f"Training started from the weights of `{config['init']}` ({config['step']} steps from there).", ""]
     scores = extras.get("scores")
     if scores:
         att = scores.get("attention", {})
@@ -247,6 +249,7 @@ def export_bundle(
         "fp16_check": {"mean_db": change_db, "fp16": fp16},
         "training_config": state["config"],
         "train_seconds": state.get("train_seconds"),
+        "init": state.get("init"),
     }
     write_json(out / "config.json", config)
     if card:

@@ -44,8 +44,9 @@ $(TTS_EXP)/alignment.png: $(TTS_EXP)/synth/test/synth.jsonl
 
 # Refresh the model shipped inside the package from this recipe's result.
 TTS_CARD_NOTES ?=
+TTS_CARD_COMMAND ?= make setup && make -C recipes/synth_en data tts tts-bundle
 tts-bundle: $(TTS_EXP)/scores.json
 	$(PYTHON) -m tts.bundle --checkpoint $(TTS_EXP)/final.pt --out $(TTS_BUNDLE) \
 	  --scores $(TTS_EXP)/scores.json --data-stats $(DATA)/stats.json \
 	  --config configs/tts/$(notdir $(TTS_CONFIG)) \
-	  --command "make setup && make -C recipes/synth_en data tts tts-bundle" --notes "$(TTS_CARD_NOTES)"
+	  --command "$(TTS_CARD_COMMAND)" --notes "$(TTS_CARD_NOTES)"
