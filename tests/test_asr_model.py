@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from asr.augment import AugmentConfig, WaveAugment, colored_noise, synthetic_rir
+from asr.augment import AugmentConfig, WaveAugment, colored_noise, reverberate, synthetic_rir
 from asr.model import ConvBiLSTM, ConvBiLSTMConfig
 from asr.recognizer import Recognizer
 from audio.features import FeatureConfig, FeatureExtractor
@@ -257,6 +257,16 @@ def test_colored_noise_spectrum_slopes():
     assert abs(slopes[0.0]) < 2
     assert 12 < slopes[1.0] < 18
     assert 27 < slopes[2.0] < 33
+
+
+def test_reverberate_is_the_truncated_linear_convolution():
+    gen = torch.Generator().manual_seed(0)
+    wave = torch.randn(2, 3001, generator=gen, dtype=torch.float64)
+    rir = synthetic_rir(SR, 0.05, gen).double()
+    # conv1d correlates, so flip the kernel; pad on the left for the causal part.
+    want = torch.nn.functional.conv1d(torch.nn.functional.pad(wave[:, None], (rir.numel() - 1, 0)),
+                                      rir.flip(0)[None, None])[:, 0]
+    torch.testing.assert_close(reverberate(wave, rir), want, atol=1e-9, rtol=1e-9)
 
 
 def test_synthetic_rir_decays_to_minus_60_db_at_rt60():
