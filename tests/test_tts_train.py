@@ -162,3 +162,23 @@ def test_resume_after_a_kill_continues_exactly(corpus, tmp_path):
     assert final["averaged"] == ["step-00000004.pt", "step-00000006.pt"] and "optimizer" not in final
     logged = [json.loads(line) for line in (interrupted / "metrics.jsonl").read_text().splitlines()]
     assert max(row["step"] for row in logged if row["name"] == "train/loss") == 6
+
+
+def test_init_continues_from_a_bundle_with_a_fresh_schedule(corpus, tmp_path):
+    from safetensors.torch import load_file
+
+    from tts.bundle import export_bundle
+
+    first = tmp_path / "first"
+    _train(first, corpus)
+    bundle = export_bundle(first / "final.pt", tmp_path / "bundle")
+    second = tmp_path / "second"
+    # A learning rate of 0: the second stage's weights are exactly the bundle's (fp16 or fp32).
+    _train(second, corpus, "--init", str(bundle), "--set", "train.peak_lr=0.0")
+    got = CheckpointManager.load(second / "final.pt")
+    assert got["step"] == 6 and got["init"] == str(bundle)
+    shipped = load_file(str(bundle / "model.safetensors"))
+    for name, value in shipped.items():
+        if "running_" in name or "num_batches" in name:
+            continue  # batch-norm statistics move in training even at a learning rate of 0
+        torch.testing.assert_close(got["model"][name], value.to(got["model"][name].dtype), atol=0, rtol=0, msg=name)

@@ -261,6 +261,19 @@ def test_resume_continues_exactly_and_a_finished_run_is_a_no_op(corpus, trained,
 # --- bundle and command line ----------------------------------------------------------------------
 
 
+def test_init_starts_a_new_run_from_a_bundle(corpus, bundle, tmp_path):
+    exp = tmp_path / "continued"
+    args = ["--config", str(TINY), "--exp-dir", str(exp), "--train", str(corpus / "train.jsonl"), "--no-progress",
+            "--init", str(bundle), "--set", "train.peak_lr=0.0", "--set", "train.total_steps=2"]
+    assert train_main(args) == 0
+    got = CheckpointManager.load(exp / "final.pt")
+    assert got["init"] == str(bundle)
+    for name, value in load_file(str(bundle / "model.safetensors")).items():
+        if "running_" in name or "num_batches" in name:
+            continue  # batch-norm statistics move in training even at a learning rate of 0
+        torch.testing.assert_close(got["model"][name], value.to(got["model"][name].dtype), atol=0, rtol=0, msg=name)
+
+
 def test_bundle_round_trip(trained, bundle):
     weights = load_file(str(bundle / "model.safetensors"))
     assert weights["gates.0.weight"].dtype == torch.float16
