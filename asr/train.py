@@ -35,6 +35,7 @@ from audio.training import (
     CheckpointManager,
     TrainLogger,
     add_trainer_arguments,
+    init_label,
     load_init_weights,
     start_run,
     warmup_decay,
@@ -214,7 +215,7 @@ def train(cfg: ASRConfig, args: argparse.Namespace) -> Path:
             "step": step,
             "best_cer": best_cer,
             "train_seconds": train_seconds + time.time() - t_start,  # wall time over all resumes
-            "init": str(args.init) if args.init else None,
+            "init": init_label(args.init),
         }
 
     progress = tqdm(total=cfg.train.total_steps, initial=step, desc="train", unit="step", disable=not main_proc,

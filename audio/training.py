@@ -32,6 +32,7 @@ __all__ = [
     "average_state_dicts",
     "TrainLogger",
     "load_init_weights",
+    "init_label",
 ]
 
 
@@ -170,6 +171,16 @@ def load_init_weights(module: torch.nn.Module, path: str | os.PathLike) -> Path:
     module.load_state_dict({k: v.to(own[k].dtype) if v.is_floating_point() else v for k, v in weights.items()})
     log.info("initialised %d tensors from %s", len(weights), path)
     return path
+
+
+def init_label(path: str | os.PathLike | None) -> str | None:
+    """How a checkpoint records its ``--init`` weights: relative to the repository when inside it, so
+    a model card reads ``asr/pretrained/...`` rather than one machine's absolute path."""
+    if not path:
+        return None
+    root = Path(__file__).resolve().parents[1]
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(path)
 
 
 def _atomic_save(obj: Any, path: Path) -> None:

@@ -36,6 +36,7 @@ from audio.training import (
     CheckpointManager,
     TrainLogger,
     add_trainer_arguments,
+    init_label,
     load_init_weights,
     start_run,
     warmup_decay,
@@ -357,7 +358,7 @@ def train(cfg: TTSConfig, args: argparse.Namespace) -> Path:
             "rng": torch.get_rng_state(),
             "step": step,
             "train_seconds": train_seconds + time.time() - t_start,  # wall time over all resumes
-            "init": str(args.init) if args.init else None,
+            "init": init_label(args.init),
         }
 
     last_step = cfg.train.total_steps

@@ -37,6 +37,7 @@ from audio.training import (
     TrainLogger,
     add_trainer_arguments,
     choose_device,
+    init_label,
     load_init_weights,
     set_threads,
     warmup_decay,
@@ -290,7 +291,7 @@ def train(cfg: VocoderConfig, args: argparse.Namespace) -> Path:
             "rng": torch.get_rng_state(),
             "step": step,
             "best_dev_loss": best,
-            "init": str(args.init) if args.init else None,
+            "init": init_label(args.init),
         }
 
     last_step = cfg.train.total_steps
