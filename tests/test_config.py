@@ -134,7 +134,8 @@ def test_second_stage_configs_keep_their_first_stage_model_and_features():
 
     root = Path(__file__).resolve().parents[1] / "configs"
     for cls, first, second in [(ASRConfig, "asr/conv_bilstm.yaml", "asr/conv_bilstm_continued.yaml"),
-                               (TTSConfig, "tts/tacotron.yaml", "tts/tacotron_continued.yaml")]:
+                               (TTSConfig, "tts/tacotron.yaml", "tts/tacotron_continued.yaml"),
+                               (TTSConfig, "tts/tacotron.yaml", "tts/tacotron_feedback.yaml")]:
         a, b = to_dict(load_config(cls, root / first)), to_dict(load_config(cls, root / second))
         assert a["model"] == b["model"] and a["features"] == b["features"], second
         assert a["train"] != b["train"], second

@@ -189,6 +189,29 @@ def test_batched_inference_equals_single_items():
         torch.testing.assert_close(batched.linear[b], alone.linear[0], atol=1e-5, rtol=1e-5)
 
 
+def test_full_feedback_equals_free_running_inference():
+    """Scheduled sampling at probability 1 feeds every step its own previous frame: free running."""
+    net = model().eval()
+    ids, text_lengths, mels, mel_lengths, _ = make_batch()
+    steps = -(-int(mel_lengths.max()) // TINY.r)
+    with torch.no_grad():
+        fed = net(ids, text_lengths, mels, mel_lengths, prenet_dropout=False, feedback=1.0)
+    free = net.inference(ids, text_lengths, stop_threshold=2.0, max_decoder_steps=steps, prenet_dropout=False)
+    torch.testing.assert_close(fed.mel, free.mel, atol=1e-5, rtol=1e-5)
+
+
+def test_negligible_feedback_equals_teacher_forcing_and_trains():
+    net = model().eval()  # the encoder's pre-net dropout follows train/eval
+    ids, text_lengths, mels, mel_lengths, linears = make_batch()
+    with torch.no_grad():
+        forced = net(ids, text_lengths, mels, mel_lengths, prenet_dropout=False)
+        stepwise = net(ids, text_lengths, mels, mel_lengths, prenet_dropout=False, feedback=1e-12)
+    torch.testing.assert_close(stepwise.mel, forced.mel, atol=1e-6, rtol=1e-6)
+    out = net.train()(ids, text_lengths, mels, mel_lengths, feedback=0.5)
+    tacotron_loss(out, mels, linears, mel_lengths, text_lengths, r=TINY.r)["loss"].backward()
+    assert all(p.grad is not None for p in net.parameters())
+
+
 # --- inference guards -----------------------------------------------------------------------------
 
 

@@ -182,3 +182,16 @@ def test_init_continues_from_a_bundle_with_a_fresh_schedule(corpus, tmp_path):
         if "running_" in name or "num_batches" in name:
             continue  # batch-norm statistics move in training even at a learning rate of 0
         torch.testing.assert_close(got["model"][name], value.to(got["model"][name].dtype), atol=0, rtol=0, msg=name)
+
+
+def test_scheduled_sampling_ramps_up_and_is_logged(corpus, tmp_path):
+    from tts.train import TrainConfig
+
+    ramp = TrainConfig(feedback=0.4, feedback_ramp_steps=4)
+    assert [ramp.feedback_at(s) for s in (0, 2, 4, 9)] == [0.0, 0.2, 0.4, 0.4]
+    assert TrainConfig(feedback=0.4).feedback_at(0) == 0.4
+    _train(tmp_path, corpus, "--set", "train.feedback=0.4", "--set", "train.feedback_ramp_steps=4")
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    fed = {row["step"]: row["value"] for row in logged if row["name"] == "train/feedback"}
+    # logged at step s (1-based): the probability that step's batch (0-based s - 1) was trained with
+    assert fed == pytest.approx({1: 0.0, 2: 0.1, 3: 0.2, 4: 0.3, 5: 0.4, 6: 0.4})

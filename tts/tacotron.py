@@ -418,8 +418,9 @@ class Tacotron(nn.Module):
         mel_lengths: torch.Tensor,
         *,
         prenet_dropout: bool = True,
+        feedback: float = 0.0,
     ) -> TacotronOutput:
-        """Teacher-forced decoding.
+        """Teacher-forced decoding, optionally with scheduled sampling (Bengio et al., 2015).
 
         Args:
             text_ids: ``(B, N)`` int64 symbol ids (padding anything, e.g. 0).
@@ -427,6 +428,9 @@ class Tacotron(nn.Module):
             mels: ``(B, T, n_mels)`` normalised target mel frames (the decoder's inputs).
             mel_lengths: ``(B,)`` int64 frames per item.
             prenet_dropout: the decoder pre-net's dropout (always on in the paper; off only for tests).
+            feedback: the probability that a step is fed the model's own last predicted frame (detached)
+                instead of the target's, drawn per item and step: free-running synthesis feeds nothing
+                else, so a model trained on targets alone meets inputs it has never seen (exposure bias).
         Returns:
             :class:`TacotronOutput` with ``T`` rounded up to a multiple of ``r``.
         """
@@ -437,12 +441,22 @@ class Tacotron(nn.Module):
         mels = F.pad(mels, (0, 0, 0, steps * r - mels.shape[1]))  # (B, steps * r, n_mels)
         # Step t is fed the last frame of step t - 1 (the paper's r > 1 scheme); step 0 a zero frame.
         inputs = torch.cat([mels.new_zeros(mels.shape[0], 1, mels.shape[2]), mels[:, r - 1 : -1 : r]], dim=1)
-        prenet_out = self.decoder.prenet(inputs, dropout=prenet_dropout)  # (B, steps, P), all at once
         prepared = self.decoder.attention.prepare(memory, mask)
         state = self.decoder.initial_state(memory)
         frames, stops, weights = [], [], []
+        # Teacher forcing alone runs the pre-net on all steps at once; with feedback a step's input
+        # depends on the previous step's output, so it runs per step.
         # unbind, not prenet_out[:, t]: the backward of each slice would fill a whole zero tensor.
-        for step_input in prenet_out.unbind(1):
+        teacher = None if feedback > 0.0 else self.decoder.prenet(inputs, dropout=prenet_dropout).unbind(1)
+        own = torch.rand(inputs.shape[:2], device=inputs.device) < feedback if teacher is None else None
+        for t, target_input in enumerate(inputs.unbind(1)):
+            if teacher is not None:
+                step_input = teacher[t]
+            else:
+                if t > 0:
+                    predicted = frames[-1][:, -mels.shape[2] :].detach()  # (B, n_mels)
+                    target_input = torch.where(own[:, t, None], predicted, target_input)
+                step_input = self.decoder.prenet(target_input, dropout=prenet_dropout)
             out, stop, attn, state = self.decoder.step(step_input, state, prepared, memory)
             frames.append(out)
             stops.append(stop)

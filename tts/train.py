@@ -84,6 +84,16 @@ class TrainConfig:
     amp: bool = True  # mixed precision, on CUDA only
     dev_max_utterances: int = 64  # dev loss on a fixed subset
     dev_samples: int = 2  # dev sentences synthesised free-running at each evaluation
+    # Scheduled sampling: the chance that a decoder step is fed the model's own previous frame rather
+    # than the target's, ramped linearly from 0 over feedback_ramp_steps. 0 is the paper's teacher forcing.
+    feedback: float = 0.0
+    feedback_ramp_steps: int = 0
+
+    def feedback_at(self, step: int) -> float:
+        """The scheduled-sampling probability for training step ``step`` (0-based)."""
+        if self.feedback_ramp_steps <= 0:
+            return self.feedback
+        return self.feedback * min(1.0, step / self.feedback_ramp_steps)
 
 
 @dataclass(frozen=True)
@@ -210,14 +220,16 @@ def build_loader(
     return loader, sampler
 
 
-def _losses(model, batch: dict, cfg: TTSConfig, device: torch.device) -> dict[str, torch.Tensor]:
+def _losses(
+    model, batch: dict, cfg: TTSConfig, device: torch.device, *, feedback: float = 0.0
+) -> dict[str, torch.Tensor]:
     ids, text_lengths = batch["ids"].to(device), batch["text_lengths"].to(device)
     mels, linears, mel_lengths = (
         batch["mels"].to(device),
         batch["linears"].to(device),
         batch["mel_lengths"].to(device),
     )
-    out = model(ids, text_lengths, mels, mel_lengths)
+    out = model(ids, text_lengths, mels, mel_lengths, feedback=feedback)
     return tacotron_loss(
         out,
         mels,
@@ -379,7 +391,7 @@ def train(cfg: TTSConfig, args: argparse.Namespace) -> Path:
         batches_done = sampler.state_dict()["batches_done"]
         for batch in train_loader:
             with torch.autocast(device.type, enabled=use_amp):
-                losses = _losses(ddp_model, batch, cfg, device)
+                losses = _losses(ddp_model, batch, cfg, device, feedback=cfg.train.feedback_at(step))
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(losses["loss"]).backward()
             scaler.unscale_(optimizer)
@@ -400,6 +412,8 @@ def train(cfg: TTSConfig, args: argparse.Namespace) -> Path:
                     logger.scalar(f"train/{key}", value.item(), step)
                 logger.scalar("train/grad_norm", float(grad_norm), step)
                 logger.scalar("train/lr", scheduler.get_last_lr()[0], step)
+                if cfg.train.feedback > 0:
+                    logger.scalar("train/feedback", cfg.train.feedback_at(step - 1), step)
                 logger.scalar("train/audio_x_realtime", audio_seconds / (time.time() - t_start), step)
                 logger.scalar("train/seconds_per_step", (time.time() - t_start) / steps_this_run, step)
             if (
