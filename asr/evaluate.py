@@ -28,7 +28,7 @@ from asr.metrics import cer, wer
 from audio.atomic import write_json, write_text
 from audio.datasets import BucketBatchSampler, UtteranceDataset, collate_waves
 from audio.manifest import read_manifest
-from audio.training import init_label, set_threads
+from audio.training import set_threads
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ def cmd_card(args) -> int:
         "## How it was made", "",
         "```sh", args.recipe.strip(), "```", "",
         f"Trained for {state['step']} steps"
-        + (f" starting from the weights of `{init_label(state['init'])}`" if state.get("init") else "")
+        + (f" starting from the weights of `{state['init']}`" if state.get("init") else "")
         + (f" in {hours / 60:.0f} minutes of wall time" if hours else "")
         + f"; the exported weights average the last {cfg['train']['average_last']} checkpoints. "
         f"Config: `{args.config}`. {args.notes or ''}".rstrip(), "",

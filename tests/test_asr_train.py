@@ -210,3 +210,24 @@ def test_init_from_a_different_architecture_is_an_error_naming_the_file(asr_corp
     with pytest.raises(FileNotFoundError, match="nowhere"):
         main(train_args(asr_corpus, tmp_path / "exp2", *TRAIN_OVERRIDES, "train.total_steps=1")
              + ["--init", str(tmp_path / "nowhere")])
+
+
+def test_model_card_names_the_init_weights_as_the_checkpoint_stored_them(tmp_path, monkeypatch):
+    """The trainer stores --init relative to the repository; the card prints it from any directory."""
+    from asr.evaluate import main as evaluate_main
+
+    cfg = {"model_type": "conv_bilstm", "train": {"average_last": 5},
+           "model": {"conv_channels": [8], "conv_strides": [2], "lstm_layers": 1, "lstm_hidden": 8}}
+    torch.save({"config": cfg, "model": {"w": torch.zeros(3)}, "step": 7, "train_seconds": 120.0,
+                "init": "asr/pretrained/conv_bilstm_synth_en"}, tmp_path / "final.pt")
+    split = {"greedy": {"cer": 0.1, "wer": 0.2}, "lm": {"cer": 0.05, "wer": 0.1}}
+    (tmp_path / "scores.json").write_text(json.dumps({"splits": {"dev": split}, "decoder": {"beam": 5}}))
+    voices = {"hours": 1.0, "utterances": 10, "voices": 2, "speakers": 2}
+    (tmp_path / "stats.json").write_text(json.dumps({"asr": {"train": voices, "dev": voices, "test": voices}}))
+    monkeypatch.chdir(Path(__file__).resolve().parents[1] / "recipes" / "synth_en")  # as make -C does
+    assert evaluate_main(["card", "--scores", str(tmp_path / "scores.json"), "--checkpoint",
+                          str(tmp_path / "final.pt"), "--data-stats", str(tmp_path / "stats.json"),
+                          "--config", "configs/asr/x.yaml", "--command", "make it",
+                          "--out", str(tmp_path / "card.md")]) == 0
+    card = (tmp_path / "card.md").read_text()
+    assert "Trained for 7 steps starting from the weights of `asr/pretrained/conv_bilstm_synth_en` in 2 minutes" in card

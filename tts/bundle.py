@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from audio.atomic import atomic_path, write_json, write_text
 from audio.config import from_dict
 from audio.features import FeatureConfig
-from audio.training import CheckpointManager, init_label
+from audio.training import CheckpointManager
 from tts.spectrogram import GriffinLimConfig, SpectrogramScale
 from tts.tacotron import Tacotron, TacotronConfig
 from tts.text import SYMBOLS, TextConfig, text_to_ids
@@ -249,7 +249,7 @@ def export_bundle(
         "fp16_check": {"mean_db": change_db, "fp16": fp16},
         "training_config": state["config"],
         "train_seconds": state.get("train_seconds"),
-        "init": init_label(state.get("init")),
+        "init": state.get("init"),  # the trainer stored it relative to the repository
     }
     write_json(out / "config.json", config)
     if card:
