@@ -131,11 +131,13 @@ def test_second_stage_configs_keep_their_first_stage_model_and_features():
     """A continued run (``--init``) must build the same network on the same features as its first stage."""
     from asr.train import ASRConfig
     from tts.train import TTSConfig
+    from tts.vocoder_train import VocoderConfig
 
     root = Path(__file__).resolve().parents[1] / "configs"
     for cls, first, second in [(ASRConfig, "asr/conv_bilstm.yaml", "asr/conv_bilstm_continued.yaml"),
                                (TTSConfig, "tts/tacotron.yaml", "tts/tacotron_continued.yaml"),
-                               (TTSConfig, "tts/tacotron.yaml", "tts/tacotron_feedback.yaml")]:
+                               (TTSConfig, "tts/tacotron.yaml", "tts/tacotron_feedback.yaml"),
+                               (VocoderConfig, "tts/wavenet.yaml", "tts/wavenet_continued.yaml")]:
         a, b = to_dict(load_config(cls, root / first)), to_dict(load_config(cls, root / second))
         assert a["model"] == b["model"] and a["features"] == b["features"], second
         assert a["train"] != b["train"], second
