@@ -390,8 +390,9 @@ def train(cfg: TTSConfig, args: argparse.Namespace) -> Path:
         # The loader reads ahead, so count the batches actually trained on for the resume point.
         batches_done = sampler.state_dict()["batches_done"]
         for batch in train_loader:
+            feedback = cfg.train.feedback_at(step)  # step is still this batch's 0-based index
             with torch.autocast(device.type, enabled=use_amp):
-                losses = _losses(ddp_model, batch, cfg, device, feedback=cfg.train.feedback_at(step))
+                losses = _losses(ddp_model, batch, cfg, device, feedback=feedback)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(losses["loss"]).backward()
             scaler.unscale_(optimizer)
@@ -413,7 +414,7 @@ def train(cfg: TTSConfig, args: argparse.Namespace) -> Path:
                 logger.scalar("train/grad_norm", float(grad_norm), step)
                 logger.scalar("train/lr", scheduler.get_last_lr()[0], step)
                 if cfg.train.feedback > 0:
-                    logger.scalar("train/feedback", cfg.train.feedback_at(step - 1), step)
+                    logger.scalar("train/feedback", feedback, step)
                 logger.scalar("train/audio_x_realtime", audio_seconds / (time.time() - t_start), step)
                 logger.scalar("train/seconds_per_step", (time.time() - t_start) / steps_this_run, step)
             if (
