@@ -10,8 +10,13 @@ Stages, each a real file so ``make`` resumes an interrupted build:
    speaker, flite slt and festival slt (HTS) are one speaker.
 3. ``build``: synthesise, resample to 16 kHz mono, write manifests and ``stats.json``; plus a
    single-voice 22.05 kHz subset (festival slt) with its own sentence-disjoint train/dev/test for TTS.
+4. ``extra`` (optional, after ``build``): pitch and rate variants of the training speakers' natural voices
+   (flite slt, kal16 and the 8 kHz kal), reading train-pool sentences. It writes
+   ``manifests/train_extra.jsonl`` and ``manifests/train_plus.jsonl`` (train + extra) and leaves the base
+   corpus untouched. Only two natural speakers are in training against nearly 70 espeak ones, and the
+   unseen natural voices (flite awb and rms, festival ked) are where the recogniser fails most.
 
-Usage: ``python -m audio.synth_corpus {text,voices,build} --data-dir DIR [--hours 10] [--jobs 2]``
+Usage: ``python -m audio.synth_corpus {text,voices,build,extra} --data-dir DIR [--hours 10] [--jobs 2]``
 """
 
 from __future__ import annotations
@@ -179,6 +184,29 @@ OTHER_VOICES = [
     ("flite-awb", "flite", "awb", "test", ("awb",)),
     ("festival-ked", "festival", "ked", "test", ("voice_ked_diphone",)),
 ]
+# The ``extra`` stage: flite's own prosody controls on the two natural training speakers. The target
+# pitch moves the whole F0 contour (checked with pyin: slt 170 Hz -> 101 Hz at a target of 100), and
+# duration_stretch the speaking rate. Pitch down to male range and the recogniser's VTLP on top give
+# "new" speakers close to the unseen male flite voices; flite kal is the 8 kHz build of kal16.
+# (festival's HTS engine ignores its -fm/-a settings, so festival voices get no variants.)
+EXTRA_VARIANTS = [
+    # flite voice, target F0 (Hz), duration stretch
+    ("slt", 95, 1.0), ("slt", 110, 0.9), ("slt", 125, 1.1), ("slt", 140, 1.0), ("slt", 210, 0.9),
+    ("slt", 240, 1.1), ("kal16", 75, 1.1), ("kal16", 110, 0.9), ("kal16", 130, 1.0), ("kal16", 150, 1.1),
+    ("kal", 90, 1.0), ("kal", 120, 0.9),
+]
+EXTRA_HOURS = 1.5
+
+
+def extra_voices() -> list[Voice]:
+    """The ``extra`` stage's voices: train-split variants of the flite slt and kal speakers."""
+    voices = []
+    for flite_voice, f0, stretch in EXTRA_VARIANTS:
+        speaker = "slt" if flite_voice == "slt" else "kal"
+        args = (flite_voice, "--setf", f"int_f0_target_mean={f0}", "--setf", f"duration_stretch={stretch}")
+        voices.append(Voice(name=f"flite-{flite_voice}-f{f0}-d{stretch}", engine="flite", speaker=speaker,
+                            split="train", args=args))
+    return voices
 
 
 def candidate_voices(seed: int = 0) -> list[Voice]:
@@ -228,8 +256,8 @@ def synthesize_raw(voice: Voice, items: list[tuple[str, Path]]) -> None:
             subprocess.run(cmd, check=True, capture_output=True)
     elif voice.engine == "flite":
         for text, path in items:
-            subprocess.run(["flite", "-voice", voice.args[0], "-t", text, "-o", str(path)], check=True,
-                           capture_output=True)
+            cmd = ["flite", "-voice", voice.args[0], *voice.args[1:], "-t", text, "-o", str(path)]
+            subprocess.run(cmd, check=True, capture_output=True)
     elif voice.engine == "festival":
         with tempfile.NamedTemporaryFile("w", suffix=".scm", delete=False) as f:
             f.write(_festival_script(voice, items))
@@ -299,6 +327,11 @@ def read_voices(data_dir: Path) -> list[Voice]:
 
 
 # -------------------------------------------------------------------------------------------- build
+
+
+def wav_name(uid: str, voice: Voice, text: str) -> str:
+    """The digest ties a file to what it says, so a changed plan never reuses a stale file."""
+    return f"{uid}_{hashlib.sha1(f'{voice.name}|{text}'.encode()).hexdigest()[:8]}.wav"
 
 
 @dataclass
@@ -393,10 +426,6 @@ def plan_jobs(data_dir: Path, hours: float, tts_hours: float, chunk: int = 40, s
     open_job: dict[str, Job] = {}  # voice name -> the job still taking items
     asr, tts = defaultdict(list), defaultdict(list)
 
-    def wav_name(uid: str, voice: Voice, text: str) -> str:
-        # The digest ties a file to what it says, so a changed plan never reuses a stale file.
-        return f"{uid}_{hashlib.sha1(f'{voice.name}|{text}'.encode()).hexdigest()[:8]}.wav"
-
     def add(voice: Voice, uid: str, text: str, outs: list[tuple[Path, int]]):
         job = open_job.get(voice.name)
         if job is None or len(job.items) >= chunk:
@@ -442,35 +471,45 @@ def plan_jobs(data_dir: Path, hours: float, tts_hours: float, chunk: int = 40, s
     return jobs, asr, tts
 
 
-def build(data_dir: Path, hours: float, tts_hours: float, jobs: int) -> None:
-    import soundfile as sf
+def run_jobs(job_list: list[Job], jobs: int) -> set[str]:
+    """Run the jobs not done yet on ``jobs`` processes; return the ids of utterances that failed."""
+    from tqdm import tqdm
 
-    start = time.time()
-    job_list, asr, tts = plan_jobs(data_dir, hours, tts_hours)
     todo = [j for j in job_list if not j.done()]
     log.info("%d synthesis jobs, %d still to run (%d workers)", len(job_list), len(todo), jobs)
     failed: list[str] = []
     # Slow engines first, so the pool does not end on one long festival job.
     todo.sort(key=lambda j: (j.voice.engine != "festival", -len(j.items)))
-    from tqdm import tqdm
-
     with ProcessPoolExecutor(jobs) as pool:
         futures = [pool.submit(run_job, j) for j in todo]
         for fut in tqdm(as_completed(futures), total=len(futures), desc="synthesising", unit="job"):
             failed += fut.result()
     if failed:
         log.warning("%d utterances failed to synthesise and are left out: %s", len(failed), failed[:20])
-    failed_set = set(failed)
+    return set(failed)
+
+
+def _record(uid: str, text: str, voice: Voice, path: Path, manifest_dir: Path,
+            failed: set[str]) -> Utterance | None:
+    import soundfile as sf
+
+    if uid in failed or not path.exists():
+        return None
+    meta = sf.info(str(path))
+    return Utterance(id=uid, audio=os.path.relpath(path, manifest_dir), text=text, speaker=voice.speaker,
+                     duration=round(meta.frames / meta.samplerate, 3), sample_rate=meta.samplerate,
+                     engine=voice.engine, voice=voice.name)
+
+
+def build(data_dir: Path, hours: float, tts_hours: float, jobs: int) -> None:
+    start = time.time()
+    job_list, asr, tts = plan_jobs(data_dir, hours, tts_hours)
+    failed_set = run_jobs(job_list, jobs)
     manifests = data_dir / "manifests"
     stats: dict = {"asr": {}, "tts": {}, "build_seconds": None}
 
-    def record(uid, text, voice: Voice, path: Path, manifest_dir: Path) -> Utterance | None:
-        if uid in failed_set or not path.exists():
-            return None
-        meta = sf.info(str(path))
-        return Utterance(id=uid, audio=os.path.relpath(path, manifest_dir), text=text, speaker=voice.speaker,
-                         duration=round(meta.frames / meta.samplerate, 3), sample_rate=meta.samplerate,
-                         engine=voice.engine, voice=voice.name)
+    def record(uid, text, voice, path, manifest_dir):
+        return _record(uid, text, voice, path, manifest_dir, failed_set)
 
     for split in SPLITS:
         recs = [r for r in (record(u, n, v, p, manifests) for u, n, v, p in asr[split]) if r]
@@ -490,6 +529,58 @@ def build(data_dir: Path, hours: float, tts_hours: float, jobs: int) -> None:
              stats["asr"]["total_voices"], stats["tts"]["total_hours"], stats["build_seconds"])
 
 
+def plan_extra_jobs(data_dir: Path, hours: float, chunk: int = 40, seed: int = 1):
+    """Jobs and planned records for the ``extra`` stage: train-pool sentences, round-robin over the
+    :func:`extra_voices`, until ``hours`` (estimated from each voice's probe) are planned."""
+    rng = random.Random(seed)
+    sentences = read_sentences(data_dir)["train"]
+    rng.shuffle(sentences)
+    voices = []
+    for voice in extra_voices():
+        result = probe_voice(voice)
+        if result is None:
+            raise RuntimeError(f"extra voice {voice.name} produced no audio: is flite installed?")
+        voices.append(result[0])
+    out = data_dir / "wav" / "asr" / "train_extra"
+    jobs: dict[str, list[Job]] = defaultdict(list)
+    records = []
+    budget = hours * 3600
+    for i, (norm, _) in enumerate(sentences):
+        if budget <= 0:
+            break
+        voice = voices[i % len(voices)]
+        uid = f"trainx_{i:06d}"
+        path = out / voice.name / wav_name(uid, voice, norm)
+        voice_jobs = jobs[voice.name]
+        if not voice_jobs or len(voice_jobs[-1].items) >= chunk:
+            voice_jobs.append(Job(voice))
+        voice_jobs[-1].items.append((uid, norm, [(path, ASR_SAMPLE_RATE)]))
+        records.append((uid, norm, voice, path))
+        budget -= len(norm) * voice.sec_per_char
+    return [j for voice_jobs in jobs.values() for j in voice_jobs], records
+
+
+def build_extra(data_dir: Path, hours: float, jobs: int) -> None:
+    """The ``extra`` stage: synthesise, then write ``train_extra.jsonl``, ``train_plus.jsonl`` (the base
+    train manifest followed by the extra one) and ``extra_stats.json`` (written last: the stage is done)."""
+    from audio.manifest import read_manifest
+
+    start = time.time()
+    manifests = data_dir / "manifests"
+    base = manifests / "train.jsonl"
+    if not base.exists():
+        raise FileNotFoundError(f"{base}: build the base corpus first (`synth_corpus build`)")
+    job_list, planned = plan_extra_jobs(data_dir, hours)
+    failed = run_jobs(job_list, jobs)
+    recs = [r for r in (_record(u, n, v, p, manifests, failed) for u, n, v, p in planned) if r]
+    write_manifest(manifests / "train_extra.jsonl", recs)
+    write_manifest(manifests / "train_plus.jsonl", read_manifest(base) + recs)
+    stats = {"extra": split_stats(recs), "failed": sorted(failed), "build_seconds": round(time.time() - start, 1)}
+    write_json(data_dir / "extra_stats.json", stats)
+    log.info("extra voices: %.2f h over %d voices in %.0f s", stats["extra"]["hours"], stats["extra"]["voices"],
+             stats["build_seconds"])
+
+
 def split_stats(records: list[Utterance]) -> dict:
     return {
         "utterances": len(records),
@@ -506,11 +597,13 @@ def split_stats(records: list[Utterance]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m audio.synth_corpus", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=["text", "voices", "build", "lm-text"])
+    parser.add_argument("stage", choices=["text", "voices", "build", "extra", "lm-text"])
     parser.add_argument("--data-dir", type=Path, required=True, help="output folder of the corpus")
     parser.add_argument("--hours", type=float, default=ASR_HOURS,
                         help="planned hours of ASR audio, train+dev+test (the result is ~7%% less)")
     parser.add_argument("--tts-hours", type=float, default=TTS_HOURS, help="hours of the single-voice subset")
+    parser.add_argument("--extra-hours", type=float, default=EXTRA_HOURS,
+                        help="planned hours of the extra stage's voice variants")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel synthesis processes")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -525,6 +618,8 @@ def main(argv: list[str] | None = None) -> int:
         build_lm_text(args.data_dir)
     elif args.stage == "voices":
         build_voices(args.data_dir, args.jobs)
+    elif args.stage == "extra":
+        build_extra(args.data_dir, args.extra_hours, args.jobs)
     else:
         build(args.data_dir, args.hours, args.tts_hours, args.jobs)
     return 0

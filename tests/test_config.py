@@ -135,6 +135,7 @@ def test_second_stage_configs_keep_their_first_stage_model_and_features():
 
     root = Path(__file__).resolve().parents[1] / "configs"
     for cls, first, second in [(ASRConfig, "asr/conv_bilstm.yaml", "asr/conv_bilstm_continued.yaml"),
+                               (ASRConfig, "asr/conv_bilstm.yaml", "asr/conv_bilstm_voices.yaml"),
                                (TTSConfig, "tts/tacotron.yaml", "tts/tacotron_continued.yaml"),
                                (TTSConfig, "tts/tacotron.yaml", "tts/tacotron_feedback.yaml"),
                                (VocoderConfig, "tts/wavenet.yaml", "tts/wavenet_continued.yaml")]:

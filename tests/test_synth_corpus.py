@@ -87,3 +87,28 @@ def test_tts_subset_is_single_voice_at_22k_and_sentence_disjoint(tiny_corpus):
 def test_rebuild_is_a_no_op(tiny_corpus):
     jobs, _, _ = sc.plan_jobs(tiny_corpus, hours=0.02, tts_hours=0.01)
     assert all(job.done() for job in jobs)
+
+
+def test_extra_voices_are_train_speakers_with_their_own_pitch():
+    voices = sc.extra_voices()
+    assert len({v.name for v in voices}) == len(voices)
+    assert {v.speaker for v in voices} <= {"slt", "kal"} and {v.split for v in voices} == {"train"}
+    low = next(v for v in voices if v.args[0] == "slt" and "int_f0_target_mean=95" in v.args)
+    probed = sc.probe_voice(low)[0]
+    plain = sc.probe_voice(next(v for v in sc.candidate_voices() if v.name == "flite-slt"))[0]
+    assert plain.median_f0 > 150 and probed.median_f0 < 115  # flite really moved slt into male range
+
+
+def test_extra_stage_appends_to_the_train_manifest(tiny_corpus):
+    sc.build_extra(tiny_corpus, hours=0.005, jobs=2)
+    manifests = tiny_corpus / "manifests"
+    base, extra = read_manifest(manifests / "train.jsonl"), read_manifest(manifests / "train_extra.jsonl")
+    assert extra and read_manifest(manifests / "train_plus.jsonl") == base + extra
+    pools = sc.read_sentences(tiny_corpus)
+    train_texts = {norm for norm, _ in pools["train"]}
+    assert all(r.text in train_texts and r.speaker in {"slt", "kal"} for r in extra)
+    assert len({r.voice for r in extra}) == min(len(extra), len(sc.EXTRA_VARIANTS))
+    meta = info(resolve_audio(manifests / "train_extra.jsonl", extra[0]))
+    assert meta.sample_rate == sc.ASR_SAMPLE_RATE and abs(meta.duration - extra[0].duration) < 1e-3
+    jobs, _ = sc.plan_extra_jobs(tiny_corpus, hours=0.005)
+    assert all(job.done() for job in jobs)  # a rerun synthesises nothing
