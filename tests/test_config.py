@@ -138,6 +138,7 @@ def test_second_stage_configs_keep_their_first_stage_model_and_features():
                                (ASRConfig, "asr/conv_bilstm.yaml", "asr/conv_bilstm_voices.yaml"),
                                (TTSConfig, "tts/tacotron.yaml", "tts/tacotron_continued.yaml"),
                                (TTSConfig, "tts/tacotron.yaml", "tts/tacotron_feedback.yaml"),
+                               (TTSConfig, "tts/tacotron.yaml", "tts/tacotron_feedback_high.yaml"),
                                (VocoderConfig, "tts/wavenet.yaml", "tts/wavenet_continued.yaml")]:
         a, b = to_dict(load_config(cls, root / first)), to_dict(load_config(cls, root / second))
         assert a["model"] == b["model"] and a["features"] == b["features"], second

@@ -28,6 +28,8 @@ W2V_THREADS ?= 1
 # From scratch nothing is worth keeping frozen, and the body needs the head's learning rate.
 W2V_SCRATCH_ARGS ?= --set finetune.freeze_feature_encoder_steps=0 --set finetune.freeze_body_steps=0 \
   --set finetune.body_lr=0.0005
+# Extra fine-tuning arguments for the pretrained model (none: the config's frozen conv encoder and body lr).
+W2V_FT_ARGS ?=
 # The Conv1D+BiLSTM of conv_bilstm.yaml, for ~27 passes over the hour.
 W2V_BILSTM_ARGS ?= --set train.total_steps=1500 --set train.warmup_steps=150 --set train.eval_every=300 \
   --set train.num_workers=0
@@ -63,7 +65,7 @@ $(W2V_PT)/final/glottis.json: $(DATA)/stats.json $(W2V_CONFIG) | $(W2V_EXP)/star
 $(W2V_FT)/final/glottis.json: $(W2V_PT)/final/glottis.json $(W2V_SUBSET) $(ASR_EXP)/tokenizer.json
 	$(PYTHON) -m asr.wav2vec2 finetune --config $(W2V_CONFIG) --exp-dir $(W2V_FT) --init $(W2V_PT)/final \
 	  --train $(W2V_SUBSET) --dev $(W2V_MANIFESTS)/dev.jsonl --tokenizer $(ASR_EXP)/tokenizer.json \
-	  --threads $(W2V_THREADS)
+	  --threads $(W2V_THREADS) $(W2V_FT_ARGS)
 
 # 3. The Conv1D+BiLSTM recogniser on the hour (feature statistics of all the training audio, as step 1).
 $(W2V_BILSTM)/final.pt: $(W2V_SUBSET) $(ASR_EXP)/feature_stats.json $(ASR_EXP)/tokenizer.json $(ASR_CONFIG)
