@@ -183,6 +183,13 @@ def cmd_card(args) -> int:
     scores = json.loads(Path(args.scores).read_text())
     state = CheckpointManager.load(args.checkpoint)
     data = json.loads(Path(args.data_stats).read_text())["asr"]
+    train, extra = data["train"], ""
+    if args.train_manifest:  # what the last stage really trained on (e.g. train_plus.jsonl)
+        records = read_manifest(args.train_manifest)
+        train = {"hours": round(sum(r.duration for r in records) / 3600, 3), "utterances": len(records),
+                 "voices": len({r.voice for r in records}), "speakers": len({r.speaker for r in records})}
+        if train["utterances"] != data["train"]["utterances"]:
+            extra = f" (training manifest `{Path(args.train_manifest).name}`)"
     cfg = state["config"]
     n_params = sum(v.numel() for k, v in state["model"].items() if not k.startswith("feat_"))
     hours = state.get("train_seconds")
@@ -193,9 +200,9 @@ def cmd_card(args) -> int:
         f"{cfg['model']['lstm_layers']} BiLSTM layers of {cfg['model']['lstm_hidden']} per direction, "
         "characters (a-z, apostrophe, space) with CTC; 80 log-mel features at 16 kHz.", "",
         "## Training data", "",
-        f"The synth_en corpus built by `make data`: {data['train']['hours']} h of training speech "
-        f"({data['train']['utterances']} utterances, {data['train']['voices']} voices of "
-        f"{data['train']['speakers']} speakers from espeak-ng, flite and festival) reading WordNet "
+        f"The synth_en corpus built by `make data`{extra}: {train['hours']} h of training speech "
+        f"({train['utterances']} utterances, {train['voices']} voices of "
+        f"{train['speakers']} speakers from espeak-ng, flite and festival) reading WordNet "
         "glosses and examples. Dev and test voices and sentences are never seen in training "
         f"(dev: {data['dev']['voices']} voices, test: {data['test']['voices']} voices). "
         "The LM is a 3-gram Kneser-Ney model of the training-pool sentences only.", "",
@@ -249,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     card.add_argument("--scores", required=True)
     card.add_argument("--checkpoint", required=True)
     card.add_argument("--data-stats", required=True)
+    card.add_argument("--train-manifest", help="the manifest the model trained on (default: the corpus's train split, "
+                      "as in --data-stats)")
     card.add_argument("--config", required=True)
     card.add_argument("--command", dest="recipe", required=True, help="the exact commands that produced the model")
     card.add_argument("--notes", help="anything else the reader must know")

@@ -231,3 +231,18 @@ def test_model_card_names_the_init_weights_as_the_checkpoint_stored_them(tmp_pat
                           "--out", str(tmp_path / "card.md")]) == 0
     card = (tmp_path / "card.md").read_text()
     assert "Trained for 7 steps starting from the weights of `asr/pretrained/conv_bilstm_synth_en` in 2 minutes" in card
+    assert "1.0 h of training speech (10 utterances, 2 voices of 2 speakers" in card
+
+    # A stage trained on another manifest (train_plus.jsonl) is described by that manifest.
+    from audio.manifest import Utterance, write_manifest
+
+    write_manifest(tmp_path / "train_plus.jsonl", [
+        Utterance(id=f"u{i}", audio=f"{i}.wav", text="a b", speaker=f"s{i % 3}", duration=360.0,
+                  sample_rate=16000, engine="flite", voice=f"v{i % 4}") for i in range(12)])
+    assert evaluate_main(["card", "--scores", str(tmp_path / "scores.json"), "--checkpoint",
+                          str(tmp_path / "final.pt"), "--data-stats", str(tmp_path / "stats.json"),
+                          "--config", "configs/asr/x.yaml", "--command", "make it", "--train-manifest",
+                          str(tmp_path / "train_plus.jsonl"), "--out", str(tmp_path / "card.md")]) == 0
+    card = (tmp_path / "card.md").read_text()
+    assert ("`make data` (training manifest `train_plus.jsonl`): 1.2 h of training speech "
+            "(12 utterances, 4 voices of 3 speakers") in card
