@@ -185,9 +185,9 @@ def cmd_card(args) -> int:
     data = json.loads(Path(args.data_stats).read_text())["asr"]
     train, extra = data["train"], ""
     if args.train_manifest:  # what the last stage really trained on (e.g. train_plus.jsonl)
-        records = read_manifest(args.train_manifest)
-        train = {"hours": round(sum(r.duration for r in records) / 3600, 3), "utterances": len(records),
-                 "voices": len({r.voice for r in records}), "speakers": len({r.speaker for r in records})}
+        from audio.synth_corpus import split_stats
+
+        train = split_stats(read_manifest(args.train_manifest))
         if train["utterances"] != data["train"]["utterances"]:
             extra = f" (training manifest `{Path(args.train_manifest).name}`)"
     cfg = state["config"]

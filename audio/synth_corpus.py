@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from audio.atomic import write_json, write_lines
-from audio.manifest import Utterance, write_manifest
+from audio.manifest import Utterance, read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -346,6 +346,22 @@ class Job:
         return all(p.exists() for _, _, outs in self.items for p, _ in outs)
 
 
+class JobPlanner:
+    """Groups planned items into jobs of one voice and at most ``chunk`` items each, in planning order."""
+
+    def __init__(self, chunk: int):
+        self.chunk = chunk
+        self.jobs: list[Job] = []
+        self._open: dict[str, Job] = {}  # voice name -> the job still taking items
+
+    def add(self, voice: Voice, uid: str, text: str, outs: list[tuple[Path, int]]) -> None:
+        job = self._open.get(voice.name)
+        if job is None or len(job.items) >= self.chunk:
+            job = self._open[voice.name] = Job(voice)
+            self.jobs.append(job)
+        job.items.append((uid, text, outs))
+
+
 def run_job(job: Job) -> list[str]:
     """Synthesise a job's missing items, resample and write them atomically. Returns failed utt ids."""
     import soundfile as sf
@@ -422,16 +438,9 @@ def plan_jobs(data_dir: Path, hours: float, tts_hours: float, chunk: int = 40, s
     voices = read_voices(data_dir)
     tts_voice = next(v for v in voices if v.name == TTS_VOICE)
     out = data_dir / "wav"
-    jobs: list[Job] = []
-    open_job: dict[str, Job] = {}  # voice name -> the job still taking items
+    planner = JobPlanner(chunk)
+    add = planner.add
     asr, tts = defaultdict(list), defaultdict(list)
-
-    def add(voice: Voice, uid: str, text: str, outs: list[tuple[Path, int]]):
-        job = open_job.get(voice.name)
-        if job is None or len(job.items) >= chunk:
-            job = open_job[voice.name] = Job(voice)
-            jobs.append(job)
-        job.items.append((uid, text, outs))
 
     # The TTS subset first: it takes sentences from each pool in proportion.
     tts_share = {"train": 0.90, "dev": 0.05, "test": 0.05}
@@ -468,7 +477,7 @@ def plan_jobs(data_dir: Path, hours: float, tts_hours: float, chunk: int = 40, s
             add(voice, uid, norm, [(path, ASR_SAMPLE_RATE)])
             asr[split].append((uid, norm, voice, path))
             budget -= len(norm) * voice.sec_per_char
-    return jobs, asr, tts
+    return planner.jobs, asr, tts
 
 
 def run_jobs(job_list: list[Job], jobs: int) -> set[str]:
@@ -507,15 +516,12 @@ def build(data_dir: Path, hours: float, tts_hours: float, jobs: int) -> None:
     failed_set = run_jobs(job_list, jobs)
     manifests = data_dir / "manifests"
     stats: dict = {"asr": {}, "tts": {}, "build_seconds": None}
-
-    def record(uid, text, voice, path, manifest_dir):
-        return _record(uid, text, voice, path, manifest_dir, failed_set)
-
     for split in SPLITS:
-        recs = [r for r in (record(u, n, v, p, manifests) for u, n, v, p in asr[split]) if r]
+        recs = [r for r in (_record(u, n, v, p, manifests, failed_set) for u, n, v, p in asr[split]) if r]
         write_manifest(manifests / f"{split}.jsonl", recs)
         stats["asr"][split] = split_stats(recs)
-        trecs = [r for r in (record(u, d, v, p, manifests / "tts") for u, _, d, v, p in tts[split]) if r]
+        trecs = [r for r in (_record(u, d, v, p, manifests / "tts", failed_set) for u, _, d, v, p in tts[split])
+                 if r]
         write_manifest(manifests / "tts" / f"{split}.jsonl", trecs)
         stats["tts"][split] = split_stats(trecs)
     stats["asr"]["total_hours"] = round(sum(stats["asr"][s]["hours"] for s in SPLITS), 3)
@@ -542,7 +548,7 @@ def plan_extra_jobs(data_dir: Path, hours: float, chunk: int = 40, seed: int = 1
             raise RuntimeError(f"extra voice {voice.name} produced no audio: is flite installed?")
         voices.append(result[0])
     out = data_dir / "wav" / "asr" / "train_extra"
-    jobs: dict[str, list[Job]] = defaultdict(list)
+    planner = JobPlanner(chunk)
     records = []
     budget = hours * 3600
     for i, (norm, _) in enumerate(sentences):
@@ -551,20 +557,15 @@ def plan_extra_jobs(data_dir: Path, hours: float, chunk: int = 40, seed: int = 1
         voice = voices[i % len(voices)]
         uid = f"trainx_{i:06d}"
         path = out / voice.name / wav_name(uid, voice, norm)
-        voice_jobs = jobs[voice.name]
-        if not voice_jobs or len(voice_jobs[-1].items) >= chunk:
-            voice_jobs.append(Job(voice))
-        voice_jobs[-1].items.append((uid, norm, [(path, ASR_SAMPLE_RATE)]))
+        planner.add(voice, uid, norm, [(path, ASR_SAMPLE_RATE)])
         records.append((uid, norm, voice, path))
         budget -= len(norm) * voice.sec_per_char
-    return [j for voice_jobs in jobs.values() for j in voice_jobs], records
+    return planner.jobs, records
 
 
 def build_extra(data_dir: Path, hours: float, jobs: int) -> None:
     """The ``extra`` stage: synthesise, then write ``train_extra.jsonl``, ``train_plus.jsonl`` (the base
     train manifest followed by the extra one) and ``extra_stats.json`` (written last: the stage is done)."""
-    from audio.manifest import read_manifest
-
     start = time.time()
     manifests = data_dir / "manifests"
     base = manifests / "train.jsonl"
