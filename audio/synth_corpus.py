@@ -15,8 +15,12 @@ Stages, each a real file so ``make`` resumes an interrupted build:
    ``manifests/train_extra.jsonl`` and ``manifests/train_plus.jsonl`` (train + extra) and leaves the base
    corpus untouched. Only two natural speakers are in training against nearly 70 espeak ones, and the
    unseen natural voices (flite awb and rms, festival ked) are where the recogniser fails most.
+5. ``variants`` (optional, after ``build``): the espeak-ng voice variants no split uses (about 60 of
+   espeak's ~100: robotic, whisper and test-like ones left out), each read in two of the training accents,
+   as ``manifests/train_variants.jsonl``. The base corpus has 12 training variants against 4 unseen test
+   ones, and the unseen espeak test voices still err 2-3x as often as the dev ones.
 
-Usage: ``python -m audio.synth_corpus {text,voices,build,extra} --data-dir DIR [--hours 10] [--jobs 2]``
+Usage: ``python -m audio.synth_corpus {text,voices,build,extra,variants} --data-dir DIR [--hours 10] [--jobs 2]``
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict, deque
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -196,6 +201,18 @@ EXTRA_VARIANTS = [
     ("kal", 90, 1.0), ("kal", 120, 0.9),
 ]
 EXTRA_HOURS = 1.5
+# The ``variants`` stage: espeak-ng variant files (``espeak-ng --voices=variant``, last column) that no
+# split uses. Left out: the dev/test variants and anything named like one (max, RicishayMax*), the robotic
+# and effect voices (robosoft*, UniRobot, anikaRobot, announcer, Demonic), whisper, and `fast`.
+ESPEAK_EXTRA_VARIANTS = [
+    "adam", "Alex", "Alicia", "Andrea", "Annie", "antonio", "aunty", "belinda", "benjamin", "boris", "caleb",
+    "david", "Denis", "Diogo", "ed", "edward", "edward2", "Gene", "Gene2", "gustave", "Henrique", "Hugo",
+    "iven", "iven2", "iven3", "iven4", "Jacky", "john", "kaukovalta", "Lee", "linda", "marcelo", "Marco",
+    "Mario", "Michael", "michel", "miguel", "Mike", "Mr", "Nguyen", "pablo", "paul", "pedro", "quincy", "rob",
+    "robert", "steph", "steph2", "steph3", "Storm", "Tweaky", "zac", "anika", "AnxiousAndy", "grandpa",
+    "grandma", "klatt5", "klatt6", "m8", "norbert", "sandro", "shelby", "travis", "victor",
+]
+VARIANTS_HOURS = 2.0
 
 
 def extra_voices() -> list[Voice]:
@@ -206,6 +223,20 @@ def extra_voices() -> list[Voice]:
         args = (flite_voice, "--setf", f"int_f0_target_mean={f0}", "--setf", f"duration_stretch={stretch}")
         voices.append(Voice(name=f"flite-{flite_voice}-f{f0}-d{stretch}", engine="flite", speaker=speaker,
                             split="train", args=args))
+    return voices
+
+
+def variant_voices(seed: int = 2) -> list[Voice]:
+    """The ``variants`` stage's voices: each unused espeak variant in two training accents, each voice with
+    its own pitch and speed (drawn as :func:`candidate_voices` draws them)."""
+    rng = random.Random(seed)
+    voices = []
+    for i, variant in enumerate(ESPEAK_EXTRA_VARIANTS):
+        for accent in (ESPEAK_ACCENTS[i % len(ESPEAK_ACCENTS)], ESPEAK_ACCENTS[(i + 3) % len(ESPEAK_ACCENTS)]):
+            pitch, speed = rng.choice([35, 45, 50, 55, 65]), rng.choice([140, 160, 175, 190])
+            voices.append(Voice(name=f"espeak-{accent}+{variant}-p{pitch}-s{speed}", engine="espeak-ng",
+                                speaker=f"espeak-{accent}+{variant}", split="train",
+                                args=(f"{accent}+{variant}", str(pitch), str(speed))))
     return voices
 
 
@@ -535,19 +566,46 @@ def build(data_dir: Path, hours: float, tts_hours: float, jobs: int) -> None:
              stats["asr"]["total_voices"], stats["tts"]["total_hours"], stats["build_seconds"])
 
 
-def plan_extra_jobs(data_dir: Path, hours: float, chunk: int = 40, seed: int = 1):
-    """Jobs and planned records for the ``extra`` stage: train-pool sentences, round-robin over the
-    :func:`extra_voices`, until ``hours`` (estimated from each voice's probe) are planned."""
-    rng = random.Random(seed)
+@dataclass(frozen=True)
+class ExtraSet:
+    """An optional stage of training voices added after ``build``, with its own manifest."""
+
+    voices: Callable[[], list[Voice]]
+    hours: float  # default planned hours
+    prefix: str  # utterance ids: f"{prefix}_{index:06d}"
+    seed: int  # shuffles the train-pool sentences
+    strict: bool  # a voice failing its probe is an error (else it is left out, with a warning)
+
+
+EXTRA_SETS = {
+    "extra": ExtraSet(extra_voices, EXTRA_HOURS, "trainx", seed=1, strict=True),
+    "variants": ExtraSet(variant_voices, VARIANTS_HOURS, "trainv", seed=2, strict=False),
+}
+
+
+def plan_extra_jobs(data_dir: Path, hours: float, chunk: int = 40, name: str = "extra"):
+    """Jobs and planned records for an optional stage (:data:`EXTRA_SETS`): train-pool sentences,
+    round-robin over its voices, until ``hours`` (estimated from each voice's probe) are planned.
+    A voice whose probe sounds exactly like another's (a variant the engine ignores) is left out."""
+    extra = EXTRA_SETS[name]
+    rng = random.Random(extra.seed)
     sentences = read_sentences(data_dir)["train"]
     rng.shuffle(sentences)
-    voices = []
-    for voice in extra_voices():
+    voices, digests = [], set()
+    for voice in extra.voices():
         result = probe_voice(voice)
         if result is None:
-            raise RuntimeError(f"extra voice {voice.name} produced no audio: is flite installed?")
+            if extra.strict:
+                raise RuntimeError(f"{name} voice {voice.name} produced no audio: is {voice.engine} installed?")
+            continue
+        if result[1] in digests:
+            log.warning("%s voice %s sounds like another one: left out", name, voice.name)
+            continue
+        digests.add(result[1])
         voices.append(result[0])
-    out = data_dir / "wav" / "asr" / "train_extra"
+    if not voices:
+        raise RuntimeError(f"no {name} voice produced audio")
+    out = data_dir / "wav" / "asr" / f"train_{name}"
     planner = JobPlanner(chunk)
     records = []
     budget = hours * 3600
@@ -555,7 +613,7 @@ def plan_extra_jobs(data_dir: Path, hours: float, chunk: int = 40, seed: int = 1
         if budget <= 0:
             break
         voice = voices[i % len(voices)]
-        uid = f"trainx_{i:06d}"
+        uid = f"{extra.prefix}_{i:06d}"
         path = out / voice.name / wav_name(uid, voice, norm)
         planner.add(voice, uid, norm, [(path, ASR_SAMPLE_RATE)])
         records.append((uid, norm, voice, path))
@@ -563,22 +621,24 @@ def plan_extra_jobs(data_dir: Path, hours: float, chunk: int = 40, seed: int = 1
     return planner.jobs, records
 
 
-def build_extra(data_dir: Path, hours: float, jobs: int) -> None:
-    """The ``extra`` stage: synthesise, then write ``train_extra.jsonl``, ``train_plus.jsonl`` (the base
-    train manifest followed by the extra one) and ``extra_stats.json`` (written last: the stage is done)."""
+def build_extra(data_dir: Path, hours: float | None, jobs: int, name: str = "extra") -> None:
+    """An optional stage: synthesise, then write ``train_<name>.jsonl`` and ``<name>_stats.json`` (written
+    last: the stage is done). The ``extra`` stage also writes ``train_plus.jsonl``: the base train manifest
+    followed by its own."""
     start = time.time()
     manifests = data_dir / "manifests"
     base = manifests / "train.jsonl"
     if not base.exists():
         raise FileNotFoundError(f"{base}: build the base corpus first (`synth_corpus build`)")
-    job_list, planned = plan_extra_jobs(data_dir, hours)
+    job_list, planned = plan_extra_jobs(data_dir, EXTRA_SETS[name].hours if hours is None else hours, name=name)
     failed = run_jobs(job_list, jobs)
     recs = [r for r in (_record(u, n, v, p, manifests, failed) for u, n, v, p in planned) if r]
-    write_manifest(manifests / "train_extra.jsonl", recs)
-    write_manifest(manifests / "train_plus.jsonl", read_manifest(base) + recs)
-    stats = {"extra": split_stats(recs), "failed": sorted(failed), "build_seconds": round(time.time() - start, 1)}
-    write_json(data_dir / "extra_stats.json", stats)
-    log.info("extra voices: %.2f h over %d voices in %.0f s", stats["extra"]["hours"], stats["extra"]["voices"],
+    write_manifest(manifests / f"train_{name}.jsonl", recs)
+    if name == "extra":
+        write_manifest(manifests / "train_plus.jsonl", read_manifest(base) + recs)
+    stats = {name: split_stats(recs), "failed": sorted(failed), "build_seconds": round(time.time() - start, 1)}
+    write_json(data_dir / f"{name}_stats.json", stats)
+    log.info("%s voices: %.2f h over %d voices in %.0f s", name, stats[name]["hours"], stats[name]["voices"],
              stats["build_seconds"])
 
 
@@ -598,13 +658,14 @@ def split_stats(records: list[Utterance]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m audio.synth_corpus", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=["text", "voices", "build", "extra", "lm-text"])
+    parser.add_argument("stage", choices=["text", "voices", "build", *EXTRA_SETS, "lm-text"])
     parser.add_argument("--data-dir", type=Path, required=True, help="output folder of the corpus")
     parser.add_argument("--hours", type=float, default=ASR_HOURS,
                         help="planned hours of ASR audio, train+dev+test (the result is ~7%% less)")
     parser.add_argument("--tts-hours", type=float, default=TTS_HOURS, help="hours of the single-voice subset")
-    parser.add_argument("--extra-hours", type=float, default=EXTRA_HOURS,
-                        help="planned hours of the extra stage's voice variants")
+    parser.add_argument("--extra-hours", type=float, default=None,
+                        help=f"planned hours of an optional stage (default: extra {EXTRA_HOURS}, "
+                             f"variants {VARIANTS_HOURS})")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel synthesis processes")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -619,8 +680,8 @@ def main(argv: list[str] | None = None) -> int:
         build_lm_text(args.data_dir)
     elif args.stage == "voices":
         build_voices(args.data_dir, args.jobs)
-    elif args.stage == "extra":
-        build_extra(args.data_dir, args.extra_hours, args.jobs)
+    elif args.stage in EXTRA_SETS:
+        build_extra(args.data_dir, args.extra_hours, args.jobs, name=args.stage)
     else:
         build(args.data_dir, args.hours, args.tts_hours, args.jobs)
     return 0

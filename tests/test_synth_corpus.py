@@ -112,3 +112,29 @@ def test_extra_stage_appends_to_the_train_manifest(tiny_corpus):
     assert meta.sample_rate == sc.ASR_SAMPLE_RATE and abs(meta.duration - extra[0].duration) < 1e-3
     jobs, _ = sc.plan_extra_jobs(tiny_corpus, hours=0.005)
     assert all(job.done() for job in jobs)  # a rerun synthesises nothing
+
+
+def test_variant_voices_are_unused_variants_in_training_accents():
+    voices = sc.variant_voices()
+    assert len({v.name for v in voices}) == len(voices) == 2 * len(sc.ESPEAK_EXTRA_VARIANTS)
+    used = {v for variants in sc.ESPEAK_VARIANTS.values() for v in variants}
+    heldout = {v.speaker for v in sc.candidate_voices() if v.split != "train"}
+    for voice in voices:
+        accent, variant = voice.args[0].split("+")
+        assert voice.split == "train" and voice.engine == "espeak-ng" and accent in sc.ESPEAK_ACCENTS
+        assert variant not in used and "max" not in variant.lower() and voice.speaker not in heldout
+
+
+def test_variants_stage_writes_its_own_manifest(tiny_corpus, monkeypatch):
+    voices = sc.variant_voices()[:3]
+    twin = sc.Voice(**{**asdict(voices[0]), "name": "espeak-twin"})  # sounds exactly like voices[0]
+    variants = sc.ExtraSet(lambda: [*voices, twin], 1.0, "trainv", seed=2, strict=False)
+    monkeypatch.setitem(sc.EXTRA_SETS, "variants", variants)
+    sc.build_extra(tiny_corpus, hours=0.004, jobs=2, name="variants")
+    manifests = tiny_corpus / "manifests"
+    recs = read_manifest(manifests / "train_variants.jsonl")
+    train_texts = {norm for norm, _ in sc.read_sentences(tiny_corpus)["train"]}
+    assert recs and all(r.text in train_texts and r.id.startswith("trainv_") for r in recs)
+    assert {r.voice for r in recs} == {v.name for v in voices}  # the twin is left out
+    stats = json.loads((tiny_corpus / "variants_stats.json").read_text())
+    assert stats["variants"]["utterances"] == len(recs)
