@@ -139,12 +139,13 @@ class CheckpointManager:
         return torch.load(path, map_location=map_location, weights_only=True)
 
 
-def load_init_weights(module: torch.nn.Module, path: str | os.PathLike) -> Path:
+def load_init_weights(module: torch.nn.Module, path: str | os.PathLike, skip: tuple[str, ...] = ()) -> Path:
     """Load trained weights into ``module`` to continue training from them (a longer run carried over
     sessions, or fine-tuning). ``path`` is a bundle folder holding ``model.safetensors``, a
     ``.safetensors`` file, or a checkpoint ``.pt`` with a ``model`` entry. Floating tensors are cast to
-    the module's dtypes (bundles may be fp16). The architecture must match exactly; a mismatch raises a
-    ``ValueError`` naming the file. Returns the file read."""
+    the module's dtypes (bundles may be fp16). The architecture must match exactly, except for the
+    submodules named in ``skip`` (e.g. ``("postnet",)``), which keep their fresh initialisation whatever
+    the file holds for them; a mismatch raises a ``ValueError`` naming the file. Returns the file read."""
     path = Path(path)
     if path.is_dir():
         path = path / "model.safetensors"
@@ -159,7 +160,12 @@ def load_init_weights(module: torch.nn.Module, path: str | os.PathLike) -> Path:
         if "model" not in state:
             raise ValueError(f"--init: {path} is not a checkpoint (no 'model' entry)")
         weights = state["model"]
-    own = module.state_dict()
+
+    def skipped(key: str) -> bool:
+        return any(key == name or key.startswith(name + ".") for name in skip)
+
+    own = {k: v for k, v in module.state_dict().items() if not skipped(k)}
+    weights = {k: v for k, v in weights.items() if not skipped(k)}
     missing = sorted(set(own) - set(weights))
     unexpected = sorted(set(weights) - set(own))
     shapes = [k for k in own if k in weights and own[k].shape != weights[k].shape]
@@ -168,8 +174,9 @@ def load_init_weights(module: torch.nn.Module, path: str | os.PathLike) -> Path:
             f"--init: {path} does not fit this model (missing {missing[:5]}, unexpected {unexpected[:5]}, "
             f"shape mismatch {shapes[:5]}); are the config's model sizes the same?"
         )
-    module.load_state_dict({k: v.to(own[k].dtype) if v.is_floating_point() else v for k, v in weights.items()})
-    log.info("initialised %d tensors from %s", len(weights), path)
+    module.load_state_dict({k: v.to(own[k].dtype) if v.is_floating_point() else v for k, v in weights.items()},
+                           strict=not skip)
+    log.info("initialised %d tensors from %s%s", len(weights), path, f" (not {', '.join(skip)})" if skip else "")
     return path
 
 

@@ -136,6 +136,7 @@ def test_second_stage_configs_keep_their_first_stage_model_and_features():
     root = Path(__file__).resolve().parents[1] / "configs"
     for cls, first, second in [(ASRConfig, "asr/conv_bilstm.yaml", "asr/conv_bilstm_continued.yaml"),
                                (ASRConfig, "asr/conv_bilstm.yaml", "asr/conv_bilstm_voices.yaml"),
+                               (ASRConfig, "asr/conv_bilstm.yaml", "asr/conv_bilstm_variants.yaml"),
                                (TTSConfig, "tts/tacotron.yaml", "tts/tacotron_continued.yaml"),
                                (TTSConfig, "tts/tacotron.yaml", "tts/tacotron_feedback.yaml"),
                                (TTSConfig, "tts/tacotron.yaml", "tts/tacotron_feedback_high.yaml"),
@@ -143,3 +144,13 @@ def test_second_stage_configs_keep_their_first_stage_model_and_features():
         a, b = to_dict(load_config(cls, root / first)), to_dict(load_config(cls, root / second))
         assert a["model"] == b["model"] and a["features"] == b["features"], second
         assert a["train"] != b["train"], second
+
+
+def test_the_postnet_stage_config_changes_only_the_postnet_and_trains_only_it():
+    from tts.train import TTSConfig
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "tts"
+    first, stage = (to_dict(load_config(TTSConfig, root / name)) for name in ("tacotron.yaml", "tacotron_postnet.yaml"))
+    changed = {k for k in first["model"] if first["model"][k] != stage["model"][k]}
+    assert changed == {"postnet_channels", "postnet_gru"} and first["features"] == stage["features"]
+    assert set(stage["train"]["train_only"]) == set(stage["train"]["init_skip"]) == {"postnet", "linear_proj"}

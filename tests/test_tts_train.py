@@ -195,3 +195,26 @@ def test_scheduled_sampling_ramps_up_and_is_logged(corpus, tmp_path):
     fed = {row["step"]: row["value"] for row in logged if row["name"] == "train/feedback"}
     # logged at step s (1-based): the probability that step's batch (0-based s - 1) was trained with
     assert fed == pytest.approx({1: 0.0, 2: 0.1, 3: 0.2, 4: 0.3, 5: 0.4, 6: 0.4})
+
+
+def test_a_postnet_stage_trains_a_resized_postnet_on_a_frozen_model(corpus, tmp_path):
+    from tts.bundle import export_bundle
+
+    first = tmp_path / "first"
+    _train(first, corpus)
+    bundle = export_bundle(first / "final.pt", tmp_path / "bundle")
+    resized = ["--set", "model.postnet_channels=48", "--set", "model.postnet_gru=40"]
+    with pytest.raises(ValueError, match="shape mismatch"):  # a resized post-net does not fit the bundle
+        _train(tmp_path / "strict", corpus, "--init", str(bundle), *resized)
+    second = tmp_path / "second"
+    _train(second, corpus, "--init", str(bundle), *resized,
+           "--set", "train.train_only=[postnet, linear_proj]", "--set", "train.init_skip=[postnet, linear_proj]")
+    before = CheckpointManager.load(first / "final.pt")["model"]
+    after = CheckpointManager.load(second / "final.pt")["model"]
+    for name, value in after.items():
+        if name.startswith(("encoder.", "decoder.")):  # frozen, batch-norm statistics included
+            torch.testing.assert_close(value, before[name].to(value.dtype), atol=1e-3, rtol=1e-3, msg=name)
+    assert after["linear_proj.weight"].shape[1] == 80 and after["postnet.gru.forward_gru.weight_hh_l0"].shape[1] == 40
+    logged = [json.loads(line) for line in (second / "metrics.jsonl").read_text().splitlines()]
+    linear = [row["value"] for row in logged if row["name"] == "train/linear"]
+    assert linear[-1] < linear[0]  # the fresh post-net learns

@@ -88,6 +88,11 @@ class TrainConfig:
     # than the target's, ramped linearly from 0 over feedback_ramp_steps. 0 is the paper's teacher forcing.
     feedback: float = 0.0
     feedback_ramp_steps: int = 0
+    # A stage that trains only some of the model's top-level parts, e.g. [postnet, linear_proj]: a new,
+    # larger post-net on a trained encoder and decoder. The rest is frozen and kept in eval mode.
+    train_only: tuple[str, ...] = ()
+    # Parts whose --init weights are not loaded, so they start afresh (e.g. a resized post-net).
+    init_skip: tuple[str, ...] = ()
 
     def feedback_at(self, step: int) -> float:
         """The scheduled-sampling probability for training step ``step`` (0-based)."""
@@ -298,13 +303,35 @@ def evaluate(
                     generator=torch.Generator().manual_seed(0),
                 )
                 save(f"{stem}.wav", wave[0, : int(wave_lengths[0])], cfg.features.sample_rate)
-    model.train()
+    set_train_mode(model, cfg.train.train_only)
     out = {k: v / max(1, batches) for k, v in totals.items()}
     out.update({f"attention_{k}" if k != "stopped" else k: v for k, v in mean_scores(scores).items()})
     return out
 
 
 # --- training -------------------------------------------------------------------------------------
+
+
+def set_train_mode(model: Tacotron, train_only: tuple[str, ...] = ()) -> None:
+    """``model.train()``, but the parts outside ``train_only`` (when given) stay in eval mode, so their
+    batch-norm statistics and encoder pre-net dropout stay as trained."""
+    model.train()
+    if train_only:
+        for name, child in model.named_children():
+            if name not in train_only:
+                child.eval()
+
+
+def freeze_except(model: Tacotron, train_only: tuple[str, ...]) -> list[torch.nn.Parameter]:
+    """Freeze every parameter outside the named top-level parts (all trainable when ``train_only`` is
+    empty); returns the trainable ones."""
+    parts = dict(model.named_children())
+    unknown = [name for name in train_only if name not in parts]
+    if unknown:
+        raise ValueError(f"train.train_only: no part named {unknown} (the model has {sorted(parts)})")
+    for name, child in parts.items():
+        child.requires_grad_(not train_only or name in train_only)
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 def train(cfg: TTSConfig, args: argparse.Namespace) -> Path:
@@ -328,8 +355,12 @@ def train(cfg: TTSConfig, args: argparse.Namespace) -> Path:
             Path(args.dev), cfg, rank=0, world=1, train=False, limit=cfg.train.dev_max_utterances
         )
 
+    trainable = freeze_except(model, cfg.train.train_only)
+    if cfg.train.train_only:
+        log.info("training only %s: %.2fM parameters", ", ".join(cfg.train.train_only),
+                 sum(p.numel() for p in trainable) / 1e6)
     optimizer = torch.optim.AdamW(
-        model.parameters(),
+        trainable,
         lr=cfg.train.peak_lr,
         betas=(0.9, 0.999),
         eps=1e-6,
@@ -352,7 +383,7 @@ def train(cfg: TTSConfig, args: argparse.Namespace) -> Path:
         train_seconds = state.get("train_seconds", 0.0)
         log.info("resumed from %s at step %d", latest, step)
     elif args.init:
-        load_init_weights(model, args.init)
+        load_init_weights(model, args.init, skip=cfg.train.init_skip)
 
     ddp_model = DistributedDataParallel(model) if world > 1 else model
     use_amp = cfg.train.amp and device.type == "cuda"
@@ -384,7 +415,7 @@ def train(cfg: TTSConfig, args: argparse.Namespace) -> Path:
         disable=not main_proc or not args.progress,
         dynamic_ncols=True,
     )
-    model.train()
+    set_train_mode(model, cfg.train.train_only)
     t_start, audio_seconds, steps_this_run = time.time(), 0.0, 0
     while step < last_step:
         # The loader reads ahead, so count the batches actually trained on for the resume point.
