@@ -286,8 +286,6 @@ def main(argv: list[str] | None = None) -> int:
                           init=True)
     parser.add_argument("--tokenizer", required=True, help="tokenizer JSON written by asr.tokenizer")
     parser.add_argument("--stats", required=True, help="feature statistics JSON written by audio.stats")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch threads (0: one per core left free by the data-loader workers)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_config(ASRConfig, args.config, args.set)

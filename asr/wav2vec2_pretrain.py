@@ -284,8 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     add_trainer_arguments(parser, config_help="YAML mapping onto asr.wav2vec2.Wav2Vec2ExpConfig",
                           exp_help="checkpoints, logs, plots and final/ go here",
                           train_help="manifest of the audio (transcripts are not used)",
-                          dev_help="manifest for a held-out loss during training")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: one per core left free)")
+                          dev_help="manifest for a held-out loss during training",
+                          threads_help="torch threads (0: one per core left free)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_config(Wav2Vec2ExpConfig, args.config, args.set)

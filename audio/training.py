@@ -37,9 +37,12 @@ __all__ = [
 
 
 def add_trainer_arguments(parser, *, config_help: str, exp_help: str, train_help: str, dev_help: str,
-                          device_default: str = "auto", init: bool = False) -> None:
-    """The options every trainer shares: --config, --exp-dir, --train, --dev, --set and --device; with
-    ``init``, also --init (start from trained weights, see :func:`load_init_weights`)."""
+                          device_default: str = "auto", init: bool = False, threads_default: int | None = 0,
+                          threads_help: str = "torch threads (0: one per core left free by the data-loader "
+                                              "workers)", stoppable: bool = False) -> None:
+    """The options every trainer shares: --config, --exp-dir, --train, --dev, --set, --device and --threads;
+    with ``init``, also --init (start from trained weights, see :func:`load_init_weights`); with
+    ``stoppable``, also --stop-after-steps and --no-progress."""
     parser.add_argument("--config", required=True, help=config_help)
     parser.add_argument("--exp-dir", required=True, help=exp_help)
     parser.add_argument("--train", required=True, help=train_help)
@@ -47,11 +50,16 @@ def add_trainer_arguments(parser, *, config_help: str, exp_help: str, train_help
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set train.total_steps=100")
     parser.add_argument("--device", default=device_default, help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--threads", type=int, default=threads_default, help=threads_help)
     if init:
         parser.add_argument("--init", metavar="PATH",
                             help="start from these weights: a bundled model folder, its model.safetensors, "
                                  "or a checkpoint .pt (the optimizer starts afresh). Ignored when --exp-dir "
                                  "already has checkpoints: resuming wins")
+    if stoppable:
+        parser.add_argument("--stop-after-steps", type=int, default=0,
+                            help="end this run after N steps (with a checkpoint); rerun to continue")
+        parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
 def choose_device(name: str = "auto") -> torch.device:

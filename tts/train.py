@@ -504,20 +504,8 @@ def main(argv: list[str] | None = None) -> int:
         train_help="training manifest (JSON lines)",
         dev_help="dev manifest for the dev loss and sample synthesis",
         init=True,
+        stoppable=True,
     )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="torch threads (0: one per core left free by the data-loader workers)",
-    )
-    parser.add_argument(
-        "--stop-after-steps",
-        type=int,
-        default=0,
-        help="end this run after N steps (with a checkpoint); rerun to continue",
-    )
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_config(TTSConfig, args.config, args.set)

@@ -360,12 +360,10 @@ def main(argv: list[str] | None = None) -> int:
         dev_help="dev manifest for the dev loss and generated samples",
         device_default="cpu",
         init=True,
+        threads_default=None,
+        threads_help="torch threads (default: train.threads)",
+        stoppable=True,
     )
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: train.threads)")
-    parser.add_argument(
-        "--stop-after-steps", type=int, default=0, help="end this run after N steps (with a checkpoint)"
-    )
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_config(VocoderConfig, args.config, args.set)
