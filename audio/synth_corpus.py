@@ -226,18 +226,21 @@ def extra_voices() -> list[Voice]:
     return voices
 
 
+def espeak_voice(rng: random.Random, accent: str, variant: str, split: str) -> Voice:
+    """An espeak-ng accent+variant at a pitch and speed drawn from ``rng`` (pitch first, then speed)."""
+    pitch, speed = rng.choice([35, 45, 50, 55, 65]), rng.choice([140, 160, 175, 190])
+    return Voice(name=f"espeak-{accent}+{variant}-p{pitch}-s{speed}", engine="espeak-ng",
+                 speaker=f"espeak-{accent}+{variant}", split=split,
+                 args=(f"{accent}+{variant}", str(pitch), str(speed)))
+
+
 def variant_voices(seed: int = 2) -> list[Voice]:
     """The ``variants`` stage's voices: each unused espeak variant in two training accents, each voice with
-    its own pitch and speed (drawn as :func:`candidate_voices` draws them)."""
+    its own pitch and speed."""
     rng = random.Random(seed)
-    voices = []
-    for i, variant in enumerate(ESPEAK_EXTRA_VARIANTS):
-        for accent in (ESPEAK_ACCENTS[i % len(ESPEAK_ACCENTS)], ESPEAK_ACCENTS[(i + 3) % len(ESPEAK_ACCENTS)]):
-            pitch, speed = rng.choice([35, 45, 50, 55, 65]), rng.choice([140, 160, 175, 190])
-            voices.append(Voice(name=f"espeak-{accent}+{variant}-p{pitch}-s{speed}", engine="espeak-ng",
-                                speaker=f"espeak-{accent}+{variant}", split="train",
-                                args=(f"{accent}+{variant}", str(pitch), str(speed))))
-    return voices
+    return [espeak_voice(rng, accent, variant, "train")
+            for i, variant in enumerate(ESPEAK_EXTRA_VARIANTS)
+            for accent in (ESPEAK_ACCENTS[i % len(ESPEAK_ACCENTS)], ESPEAK_ACCENTS[(i + 3) % len(ESPEAK_ACCENTS)])]
 
 
 def candidate_voices(seed: int = 0) -> list[Voice]:
@@ -250,17 +253,7 @@ def candidate_voices(seed: int = 0) -> list[Voice]:
         "test": [(a, v) for a in ESPEAK_HELDOUT_ACCENTS for v in ESPEAK_VARIANTS["test"]],
     }
     for split, pairs in combos.items():
-        for accent, variant in pairs:
-            pitch, speed = rng.choice([35, 45, 50, 55, 65]), rng.choice([140, 160, 175, 190])
-            voices.append(
-                Voice(
-                    name=f"espeak-{accent}+{variant}-p{pitch}-s{speed}",
-                    engine="espeak-ng",
-                    speaker=f"espeak-{accent}+{variant}",
-                    split=split,
-                    args=(f"{accent}+{variant}", str(pitch), str(speed)),
-                )
-            )
+        voices += [espeak_voice(rng, accent, variant, split) for accent, variant in pairs]
     voices += [Voice(name=n, engine=e, speaker=s, split=sp, args=a) for n, e, s, sp, a in OTHER_VOICES]
     return voices
 
@@ -470,7 +463,6 @@ def plan_jobs(data_dir: Path, hours: float, tts_hours: float, chunk: int = 40, s
     tts_voice = next(v for v in voices if v.name == TTS_VOICE)
     out = data_dir / "wav"
     planner = JobPlanner(chunk)
-    add = planner.add
     asr, tts = defaultdict(list), defaultdict(list)
 
     # The TTS subset first: it takes sentences from each pool in proportion.
@@ -487,7 +479,7 @@ def plan_jobs(data_dir: Path, hours: float, tts_hours: float, chunk: int = 40, s
                 outs.append((out / "asr" / "train" / tts_voice.name / wav_name(uid, tts_voice, display),
                              ASR_SAMPLE_RATE))
                 asr["train"].append((uid, norm, tts_voice, outs[1][0]))
-            add(tts_voice, uid, display, outs)
+            planner.add(tts_voice, uid, display, outs)
             tts[split].append((uid, norm, display, tts_voice, wav22))
             budget -= len(norm) * tts_voice.sec_per_char
 
@@ -505,7 +497,7 @@ def plan_jobs(data_dir: Path, hours: float, tts_hours: float, chunk: int = 40, s
             i += 1
             uid = f"{split}_{len(asr[split]):06d}"
             path = out / "asr" / split / voice.name / wav_name(uid, voice, norm)
-            add(voice, uid, norm, [(path, ASR_SAMPLE_RATE)])
+            planner.add(voice, uid, norm, [(path, ASR_SAMPLE_RATE)])
             asr[split].append((uid, norm, voice, path))
             budget -= len(norm) * voice.sec_per_char
     return planner.jobs, asr, tts
@@ -664,8 +656,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="planned hours of ASR audio, train+dev+test (the result is ~7%% less)")
     parser.add_argument("--tts-hours", type=float, default=TTS_HOURS, help="hours of the single-voice subset")
     parser.add_argument("--extra-hours", type=float, default=None,
-                        help=f"planned hours of an optional stage (default: extra {EXTRA_HOURS}, "
-                             f"variants {VARIANTS_HOURS})")
+                        help="planned hours of an optional stage (default: "
+                             + ", ".join(f"{name} {extra.hours}" for name, extra in EXTRA_SETS.items()) + ")")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel synthesis processes")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
