@@ -15,7 +15,7 @@ from audio.config import load_config
 from audio.training import CheckpointManager
 from tts.alignment import alignment_scores, mean_scores
 from tts.tacotron import tacotron_loss
-from tts.train import TTSConfig, build_loader, build_model, collate_tts, main
+from tts.train import TTSConfig, build_loader, build_model, collate_tts, main, priority_bins
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tts" / "tacotron_tiny.yaml"
@@ -66,6 +66,13 @@ def test_collated_targets(corpus):
         assert 0.0 <= valid.min() and valid.max() <= 1.0 and valid.max() > 0.5  # dB-normalised speech
         assert torch.all(batch["mels"][b, frames:] == 0) and torch.all(batch["linears"][b, frames:] == 0)
 
+
+def test_priority_bins_follow_the_feature_config():
+    assert priority_bins(load_config(TTSConfig, TINY)) == 0  # off by default, as in the paper
+    cfg = load_config(TTSConfig, TINY, ["train.priority_freq=3000"])
+    nyquist, bins = cfg.features.sample_rate / 2, cfg.features.n_freqs
+    assert priority_bins(cfg) == int(3000 / nyquist * bins)
+    assert priority_bins(load_config(TTSConfig, TINY, ["train.priority_freq=1e6"])) == bins
 
 def _teacher_forced_scores(model, batch, r: int) -> dict[str, float]:
     model.eval()

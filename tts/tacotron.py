@@ -582,12 +582,15 @@ def tacotron_loss(
     stop_pos_weight: float = 5.0,
     guided_weight: float = 1.0,
     guided_sigma: float = 0.2,
+    priority_bins: int = 0,
 ) -> dict[str, torch.Tensor]:
     """The training losses, each a scalar, and their weighted sum under ``"loss"``.
 
     L1 of the mel (decoder) and linear (post-net) outputs over valid frames, the stop token's binary
     cross-entropy over valid steps (1 at each item's last step, weighted ``stop_pos_weight`` as there is
     one per utterance), and ``guided_weight`` times the guided attention loss.
+    With ``priority_bins`` > 0 the linear L1 is half over all bins and half over the lowest
+    ``priority_bins`` (keithito/tacotron's "priority frequency", where speech is intelligible).
     Args: mels ``(B, T, n_mels)``, linears ``(B, T, n_linear)`` targets; lengths ``(B,)``.
     """
     frames = out.mel.shape[1]
@@ -595,7 +598,11 @@ def tacotron_loss(
     linears = F.pad(linears, (0, 0, 0, frames - linears.shape[1]))
     valid = _length_mask(mel_lengths, frames).unsqueeze(-1).to(out.mel.dtype)  # (B, T, 1)
     mel_loss = ((out.mel - mels).abs() * valid).sum() / (valid.sum() * mels.shape[-1])
-    linear_loss = ((out.linear - linears).abs() * valid).sum() / (valid.sum() * linears.shape[-1])
+    linear_error = (out.linear - linears).abs() * valid
+    linear_loss = linear_error.sum() / (valid.sum() * linears.shape[-1])
+    if priority_bins > 0:
+        low = linear_error[..., :priority_bins].sum() / (valid.sum() * priority_bins)
+        linear_loss = 0.5 * linear_loss + 0.5 * low
     step_lengths = -(-mel_lengths // r)  # (B,) decoder steps that hold valid frames
     steps = out.stop_logits.shape[1]
     step_valid = _length_mask(step_lengths, steps).to(out.stop_logits.dtype)

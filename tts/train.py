@@ -93,6 +93,9 @@ class TrainConfig:
     train_only: tuple[str, ...] = ()
     # Parts whose --init weights are not loaded, so they start afresh (e.g. a resized post-net).
     init_skip: tuple[str, ...] = ()
+    # Half the post-net's L1 on the linear bins below this frequency (Hz), where intelligibility lives;
+    # 0 weighs all bins alike, as in the paper.
+    priority_freq: float = 0.0
 
     def feedback_at(self, step: int) -> float:
         """The scheduled-sampling probability for training step ``step`` (0-based)."""
@@ -245,7 +248,16 @@ def _losses(
         stop_pos_weight=cfg.train.stop_pos_weight,
         guided_weight=cfg.train.guided_attention_weight,
         guided_sigma=cfg.train.guided_attention_sigma,
+        priority_bins=priority_bins(cfg),
     )
+
+
+def priority_bins(cfg: TTSConfig) -> int:
+    """How many linear-spectrogram bins lie below ``train.priority_freq`` (0 when it is off)."""
+    if cfg.train.priority_freq <= 0:
+        return 0
+    bins = cfg.features.n_freqs
+    return min(bins, int(cfg.train.priority_freq / (cfg.features.sample_rate / 2) * bins))
 
 
 @torch.no_grad()
