@@ -74,6 +74,7 @@ def test_priority_bins_follow_the_feature_config():
     assert priority_bins(cfg) == int(3000 / nyquist * bins)
     assert priority_bins(load_config(TTSConfig, TINY, ["train.priority_freq=1e6"])) == bins
 
+
 def _teacher_forced_scores(model, batch, r: int) -> dict[str, float]:
     model.eval()
     with torch.no_grad():
