@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import safetensors.torch
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -48,6 +49,7 @@ from transformers import (
     Wav2Vec2CTCTokenizer,
     Wav2Vec2FeatureExtractor,
     Wav2Vec2ForCTC,
+    Wav2Vec2PreTrainedModel,
     Wav2Vec2Processor,
 )
 from transformers.utils import logging as hf_logging
@@ -58,7 +60,7 @@ from asr.tokenizer import Tokenizer, load_tokenizer
 from audio.atomic import write_json
 from audio.config import load_config, save_config, to_dict
 from audio.datasets import BucketBatchSampler, UtteranceDataset, collate_waves
-from audio.features import FeatureConfig
+from audio.features import FeatureConfig, FeatureExtractor
 from audio.manifest import Utterance, read_manifest
 from audio.training import (
     CheckpointManager,
@@ -78,6 +80,9 @@ __all__ = [
     "PretrainConfig",
     "Wav2Vec2ExpConfig",
     "hf_config",
+    "LogMelFrontEnd",
+    "attach_front_end",
+    "load_pretrained",
     "normalize_waves",
     "Wav2Vec2Recognizer",
     "build_processor",
@@ -110,6 +115,14 @@ class EncoderConfig:
     num_codevectors_per_group: int = 64
     codevector_dim: int = 128
     proj_codevector_dim: int = 128
+    # "conv": wav2vec 2.0's conv feature encoder on the waveform. "logmel": ``LogMelFrontEnd`` in its
+    # place (log-mel frames, no conv stack to learn or run), at the same frame rate.
+    front_end: str = "conv"
+    n_mels: int = 80  # "logmel" only
+
+    def __post_init__(self):
+        if self.front_end not in ("conv", "logmel"):
+            raise ValueError(f"encoder.front_end must be 'conv' or 'logmel', not {self.front_end!r}")
 
 
 @dataclass(frozen=True)
@@ -199,10 +212,102 @@ class Wav2Vec2ExpConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
-def hf_config(encoder: EncoderConfig, **overrides) -> Wav2Vec2Config:
-    """A ``transformers.Wav2Vec2Config`` of ``encoder``'s size, with ``overrides`` applied."""
+def hf_config(encoder: EncoderConfig, sample_rate: int = 16000, **overrides) -> Wav2Vec2Config:
+    """A ``transformers.Wav2Vec2Config`` of ``encoder``'s size, with ``overrides`` applied. A log-mel
+    front end is recorded as the extra key ``glottis_front_end`` (see ``LogMelFrontEnd``)."""
     values = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(encoder).items()}
+    front_end, n_mels = values.pop("front_end"), values.pop("n_mels")
+    if front_end == "logmel":
+        values["glottis_front_end"] = {"kind": "logmel", "n_mels": n_mels, "sample_rate": sample_rate}
     return Wav2Vec2Config(**{**values, **overrides})
+
+
+def conv_output_length(config: Wav2Vec2Config, samples: int) -> int:
+    """Frames the conv feature encoder of ``config`` makes of ``samples`` samples (as HF's
+    ``_get_feat_extract_output_lengths``)."""
+    for kernel, stride in zip(config.conv_kernel, config.conv_stride, strict=True):
+        samples = (samples - kernel) // stride + 1
+    return samples
+
+
+class LogMelFrontEnd(nn.Module):
+    """A drop-in for wav2vec 2.0's conv feature encoder (``model.wav2vec2.feature_extractor``): log-mel
+    frames of ``receptive_field`` samples every half encoder frame (10 ms), pairs of them stacked onto
+    the encoder's frame rate (20 ms), a layer norm, and two per-frame linear layers onto ``conv_dim[-1]``
+    channels. ``(B, samples) -> (B, conv_dim[-1], frames)``, exactly as many frames as the conv encoder
+    (HF computes masks and lengths from the conv config, which is kept). Each output frame sees only its
+    own 560 samples, so padding a batch changes no valid frame, as with the conv encoder.
+
+    The conv encoder is most of a small model's CPU time (it runs its first layer at 3.2 kHz) and has
+    to learn a filterbank from scratch; this one starts from one. Everything downstream, including the
+    quantiser that pretraining draws its targets from, is unchanged. The mel filterbank and window are
+    buffers outside the state dict, so the checkpoint holds only the norm and the linear layers.
+    """
+
+    def __init__(self, config: Wav2Vec2Config):
+        super().__init__()
+        spec = config.glottis_front_end
+        self.config = config
+        field_, hop = receptive_field(config), math.prod(config.conv_stride)
+        if hop % 2:
+            raise ValueError(f"log-mel front end: the encoder's total stride {hop} is not even")
+        self.hop = hop // 2
+        self.n_mels = int(spec["n_mels"])
+        self.features = FeatureExtractor(FeatureConfig(sample_rate=int(spec["sample_rate"]), n_fft=field_,
+                                                       win_length=field_, hop_length=self.hop, center=False,
+                                                       n_mels=self.n_mels, log_floor=1e-8), "logmel")
+        channels = config.conv_dim[-1]
+        self.norm = nn.LayerNorm(2 * self.n_mels)
+        self.proj1 = nn.Linear(2 * self.n_mels, channels)
+        self.proj2 = nn.Linear(channels, channels)
+        self._requires_grad = True  # HF's flag, as on Wav2Vec2FeatureEncoder
+
+    def _freeze_parameters(self) -> None:
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self._requires_grad = False
+
+    def forward(self, input_values: torch.Tensor) -> torch.Tensor:
+        frames = conv_output_length(self.config, input_values.shape[1])
+        # Half a frame of padding makes 2 * frames mel frames whatever the length.
+        feats, _ = self.features(nn.functional.pad(input_values.float(), (0, self.hop)))
+        x = feats[:, : 2 * frames].reshape(len(feats), frames, 2 * self.n_mels)
+        x = nn.functional.gelu(self.proj2(nn.functional.gelu(self.proj1(self.norm(x)))))
+        return x.transpose(1, 2)
+
+
+def uses_log_mel(config: Wav2Vec2Config) -> bool:
+    return (getattr(config, "glottis_front_end", None) or {}).get("kind") == "logmel"
+
+
+def attach_front_end(model: Wav2Vec2PreTrainedModel) -> Wav2Vec2PreTrainedModel:
+    """Put a ``LogMelFrontEnd`` in place of the conv encoder when the config asks for one."""
+    if uses_log_mel(model.config):
+        model.wav2vec2.feature_extractor = LogMelFrontEnd(model.config)
+    return model
+
+
+def load_pretrained(cls: type[Wav2Vec2PreTrainedModel], path: str | os.PathLike, **overrides
+                    ) -> Wav2Vec2PreTrainedModel:
+    """``cls.from_pretrained(path, local_files_only=True, ignore_mismatched_sizes=True, **overrides)``,
+    also for our log-mel models, whose front-end weights ``from_pretrained`` would drop: those are
+    built by ``attach_front_end`` and loaded here. Weights of another head (a pretraining model's
+    quantiser, a CTC head of another vocabulary) are left out, and the new head starts at random."""
+    config_file = Path(path) / "config.json"
+    if not (config_file.is_file() and uses_log_mel(Wav2Vec2Config.from_json_file(str(config_file)))):
+        return cls.from_pretrained(str(path), local_files_only=True, ignore_mismatched_sizes=True, **overrides)
+    config = Wav2Vec2Config.from_json_file(str(config_file))
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    model = attach_front_end(cls(config))
+    saved = safetensors.torch.load_file(str(Path(path) / "model.safetensors"))
+    own = model.state_dict()
+    loadable = {k: v for k, v in saved.items() if k in own and own[k].shape == v.shape}
+    missing = [k for k in own if k.startswith("wav2vec2.") and k not in loadable]
+    if missing:
+        raise ValueError(f"{path}: model.safetensors lacks {len(missing)} encoder weights, e.g. {missing[0]}")
+    model.load_state_dict(loadable, strict=False)
+    return model
 
 
 def _ctc_overrides(cfg: Wav2Vec2ExpConfig, tokenizer: Tokenizer) -> dict:
@@ -315,10 +420,9 @@ def init_ctc_model(init: str, cfg: Wav2Vec2ExpConfig, tokenizer: Tokenizer) -> W
     or a hub id already in the HF cache. The CTC head is new whenever the vocabularies differ."""
     overrides = _ctc_overrides(cfg, tokenizer)
     if init == "random":
-        return Wav2Vec2ForCTC(hf_config(cfg.encoder, **overrides))
+        return attach_front_end(Wav2Vec2ForCTC(hf_config(cfg.encoder, cfg.sample_rate, **overrides)))
     try:
-        model = Wav2Vec2ForCTC.from_pretrained(init, local_files_only=True, ignore_mismatched_sizes=True,
-                                               **overrides)
+        model = load_pretrained(Wav2Vec2ForCTC, init, **overrides)
     except OSError as err:
         raise FileNotFoundError(f"--init {init}: not a local model folder, and not in the Hugging Face cache "
                                 f"(the network is never used): {err}") from None
@@ -351,7 +455,7 @@ def save_model_dir(recognizer: Wav2Vec2Recognizer, tokenizer: Tokenizer, out: st
 
 def recognizer_from_state(state: dict) -> tuple[Wav2Vec2Recognizer, Tokenizer]:
     """Rebuild the model of a fine-tuning checkpoint dict (``model_type == "wav2vec2"``)."""
-    model = Wav2Vec2ForCTC(Wav2Vec2Config.from_dict(state["hf_config"]))
+    model = attach_front_end(Wav2Vec2ForCTC(Wav2Vec2Config.from_dict(state["hf_config"])))
     model.load_state_dict(state["model"])
     return Wav2Vec2Recognizer(model, state["sample_rate"]), load_tokenizer(state["tokenizer"])
 
@@ -366,7 +470,7 @@ def load_wav2vec2(path: str | os.PathLike, *, state: dict | None = None,
     else:
         meta = json.loads((path / "glottis.json").read_text())
         hf_logging.disable_progress_bar()  # no "Loading weights" bar in the middle of `glottis transcribe` output
-        model = Wav2Vec2ForCTC.from_pretrained(str(path), local_files_only=True)
+        model = load_pretrained(Wav2Vec2ForCTC, path)
         recognizer, tokenizer = Wav2Vec2Recognizer(model, meta["sample_rate"]), load_tokenizer(meta["tokenizer"])
         if model.config.vocab_size != tokenizer.vocab_size:
             raise ValueError(f"{path}: the model has {model.config.vocab_size} outputs, the tokenizer "

@@ -22,6 +22,7 @@ from asr.subset import balanced_subset  # noqa: E402
 from asr.tokenizer import CharTokenizer  # noqa: E402
 from asr.transcribe import Transcriber  # noqa: E402
 from asr.wav2vec2 import (  # noqa: E402
+    LogMelFrontEnd,
     Wav2Vec2ExpConfig,
     Wav2Vec2Recognizer,
     build_processor,
@@ -235,3 +236,50 @@ def test_compare_checks_the_reference_and_sums_stage_times(tmp_path):
     assert "| pre | test | 10.00% | 20.00% | 5.00% | 10.00% |" in report(result)
     worse = compare({"pre": system("pre2", 0.5, 50), "scratch": system("s2", 0.3, 60)}, {}, reference="pre")
     assert worse["reference"]["test_greedy_cer_lowest"] is False
+
+
+def test_log_mel_front_end_makes_the_conv_encoders_frames():
+    cfg = load_config(Wav2Vec2ExpConfig, TINY, ["encoder.front_end=logmel"])
+    model = init_ctc_model("random", cfg, CharTokenizer()).eval()
+    front_end = model.wav2vec2.feature_extractor
+    assert isinstance(front_end, LogMelFrontEnd)
+    assert not any(k.startswith("wav2vec2.feature_extractor.conv_layers") for k in model.state_dict())
+    for samples in (400, 559, 560, 719, 720, 16000, 16161):
+        out = front_end(torch.randn(2, samples))
+        expected = int(model._get_feat_extract_output_lengths(torch.tensor(samples)))
+        assert out.shape == (2, cfg.encoder.conv_dim[-1], expected), samples
+    # Each frame sees only its own samples: zeros appended after a wave leave its frames as they were.
+    wave = torch.randn(1, 8000)
+    with torch.inference_mode():
+        alone, padded = front_end(wave), front_end(torch.nn.functional.pad(wave, (0, 3000)))
+    torch.testing.assert_close(padded[..., : alone.shape[-1]], alone, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="front_end"):
+        load_config(Wav2Vec2ExpConfig, TINY, ["encoder.front_end=fbank"])
+
+
+def test_log_mel_model_pretrains_fine_tunes_and_round_trips(asr_corpus, tmp_path):
+    pt, ft = tmp_path / "pt", tmp_path / "ft"
+    logmel = ["--set", "encoder.front_end=logmel", "--threads", "1", "--device", "cpu"]
+    assert pretrain_main(["--config", str(TINY), "--exp-dir", str(pt), "--train", str(asr_corpus.manifest),
+                          "--set", "pretrain.total_steps=5", *logmel]) == 0
+    assert json.loads((pt / "final" / "config.json").read_text())["glottis_front_end"]["kind"] == "logmel"
+    assert wav2vec2_main(["finetune", "--config", str(TINY), "--exp-dir", str(ft), "--train",
+                          str(asr_corpus.manifest), "--tokenizer", str(asr_corpus.tokenizer), "--init",
+                          str(pt / "final"), "--set", "finetune.total_steps=5", "--set",
+                          "finetune.freeze_feature_encoder_steps=0", *logmel]) == 0
+    # The pretrained front end (not a fresh one) is what fine-tuning started from.
+    pretrained = CheckpointManager.load(pt / "checkpoints" / "step-00000005.pt")["model"]
+    ctc = init_ctc_model(str(pt / "final"), load_config(Wav2Vec2ExpConfig, TINY), CharTokenizer())
+    for name, value in ctc.wav2vec2.state_dict().items():
+        assert torch.equal(value, pretrained[f"wav2vec2.{name}"]), name
+    assert isinstance(ctc.wav2vec2.feature_extractor, LogMelFrontEnd)
+    from_folder, from_checkpoint = load_recognizer(ft / "final"), load_recognizer(ft / "checkpoints" / "step-00000005.pt")
+    assert isinstance(from_folder.recognizer.model.wav2vec2.feature_extractor, LogMelFrontEnd)
+    waves, lengths = batch_of(asr_corpus.manifest, 3)
+    with torch.inference_mode():
+        a, a_lengths = from_folder.recognizer(waves, lengths)
+        b, _ = from_checkpoint.recognizer(waves, lengths)
+        alone = [from_folder.recognizer(waves[i : i + 1, : lengths[i]], lengths[i : i + 1]) for i in range(3)]
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    for i, (lp, n) in enumerate(alone):
+        torch.testing.assert_close(a[i, : int(n)], lp[0], atol=1e-4, rtol=0)

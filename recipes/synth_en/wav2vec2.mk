@@ -16,7 +16,7 @@
 #           1000 x 4.7 s = 78 min (its conv encoder trains too); tune + score ~2 x 8 min
 # about 2.5 h of wall time on 2 free cores, within the 3 h target.
 W2V_CONFIG ?= $(ROOT)/configs/asr/wav2vec2_small.yaml
-W2V_EXP := exp/wav2vec2
+W2V_EXP ?= exp/wav2vec2
 W2V_PT := $(W2V_EXP)/pretrain
 W2V_FT := $(W2V_EXP)/ft_pretrained
 W2V_SCRATCH := $(W2V_EXP)/ft_scratch
