@@ -10,7 +10,8 @@ id that the Hugging Face cache already holds (``local_files_only``: the network 
 resumes from the newest checkpoint; ``exp-dir/final/`` is written last, atomically.
 
 A model folder is Hugging Face format plus one file of ours, so ``Wav2Vec2ForCTC.from_pretrained`` and
-``Wav2Vec2Processor.from_pretrained`` read it, and ``glottis transcribe --model DIR`` recognises it::
+``Wav2Vec2Processor.from_pretrained`` read it, and ``glottis transcribe --model DIR`` recognises it (a model
+with our log-mel front end, ``encoder.front_end: logmel``, loads through ``load_pretrained`` instead)::
 
     model_dir/
       config.json, model.safetensors          Wav2Vec2ForCTC (vocab = our tokenizer, blank = pad id 0)
@@ -236,7 +237,8 @@ class LogMelFrontEnd(nn.Module):
     the encoder's frame rate (20 ms), a layer norm, and two per-frame linear layers onto ``conv_dim[-1]``
     channels. ``(B, samples) -> (B, conv_dim[-1], frames)``, exactly as many frames as the conv encoder
     (HF computes masks and lengths from the conv config, which is kept). Each output frame sees only its
-    own 560 samples, so padding a batch changes no valid frame, as with the conv encoder.
+    own samples (560 with the usual 400/320 framing), so padding a batch changes no valid frame, as
+    with the conv encoder.
 
     The conv encoder is most of a small model's CPU time (it runs its first layer at 3.2 kHz) and has
     to learn a filterbank from scratch; this one starts from one. Everything downstream, including the
@@ -287,15 +289,16 @@ def attach_front_end(model: Wav2Vec2PreTrainedModel) -> Wav2Vec2PreTrainedModel:
     return model
 
 
-def load_pretrained(cls: type[Wav2Vec2PreTrainedModel], path: str | os.PathLike, **overrides
-                    ) -> Wav2Vec2PreTrainedModel:
-    """``cls.from_pretrained(path, local_files_only=True, ignore_mismatched_sizes=True, **overrides)``,
-    also for our log-mel models, whose front-end weights ``from_pretrained`` would drop: those are
-    built by ``attach_front_end`` and loaded here. Weights of another head (a pretraining model's
-    quantiser, a CTC head of another vocabulary) are left out, and the new head starts at random."""
+def load_pretrained(cls: type[Wav2Vec2PreTrainedModel], path: str | os.PathLike, *, new_head: bool = False,
+                    **overrides) -> Wav2Vec2PreTrainedModel:
+    """``cls.from_pretrained(path, local_files_only=True, **overrides)``, also for our log-mel models,
+    whose front-end weights ``from_pretrained`` would drop: those are built by ``attach_front_end`` and
+    loaded here. With ``new_head``, weights of another head (a pretraining model's quantiser, a CTC head
+    of another vocabulary) are left out and the new head starts at random (``ignore_mismatched_sizes``);
+    without it, every weight of the model must be in the folder."""
     config_file = Path(path) / "config.json"
     if not (config_file.is_file() and uses_log_mel(Wav2Vec2Config.from_json_file(str(config_file)))):
-        return cls.from_pretrained(str(path), local_files_only=True, ignore_mismatched_sizes=True, **overrides)
+        return cls.from_pretrained(str(path), local_files_only=True, ignore_mismatched_sizes=new_head, **overrides)
     config = Wav2Vec2Config.from_json_file(str(config_file))
     for key, value in overrides.items():
         setattr(config, key, value)
@@ -303,9 +306,10 @@ def load_pretrained(cls: type[Wav2Vec2PreTrainedModel], path: str | os.PathLike,
     saved = safetensors.torch.load_file(str(Path(path) / "model.safetensors"))
     own = model.state_dict()
     loadable = {k: v for k, v in saved.items() if k in own and own[k].shape == v.shape}
-    missing = [k for k in own if k.startswith("wav2vec2.") and k not in loadable]
+    missing = [k for k in own if (k.startswith("wav2vec2.") or not new_head) and k not in loadable]
     if missing:
-        raise ValueError(f"{path}: model.safetensors lacks {len(missing)} encoder weights, e.g. {missing[0]}")
+        raise ValueError(f"{path}: model.safetensors lacks {len(missing)} of the model's weights (or has "
+                         f"them in another shape), e.g. {missing[0]}")
     model.load_state_dict(loadable, strict=False)
     return model
 
@@ -422,7 +426,7 @@ def init_ctc_model(init: str, cfg: Wav2Vec2ExpConfig, tokenizer: Tokenizer) -> W
     if init == "random":
         return attach_front_end(Wav2Vec2ForCTC(hf_config(cfg.encoder, cfg.sample_rate, **overrides)))
     try:
-        model = load_pretrained(Wav2Vec2ForCTC, init, **overrides)
+        model = load_pretrained(Wav2Vec2ForCTC, init, new_head=True, **overrides)
     except OSError as err:
         raise FileNotFoundError(f"--init {init}: not a local model folder, and not in the Hugging Face cache "
                                 f"(the network is never used): {err}") from None

@@ -14,6 +14,8 @@ import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported: nothing here may use the network
 
+from transformers import Wav2Vec2ForCTC  # noqa: E402
+
 from asr import evaluate  # noqa: E402
 from asr.bundle import is_wav2vec2_folder, load_recognizer  # noqa: E402
 from asr.compare import compare, report  # noqa: E402
@@ -28,6 +30,7 @@ from asr.wav2vec2 import (  # noqa: E402
     build_processor,
     decode_labels,
     init_ctc_model,
+    load_pretrained,
 )
 from asr.wav2vec2 import main as wav2vec2_main  # noqa: E402
 from asr.wav2vec2_pretrain import build_pretraining_model, pretraining_loss  # noqa: E402
@@ -273,6 +276,8 @@ def test_log_mel_model_pretrains_fine_tunes_and_round_trips(asr_corpus, tmp_path
     for name, value in ctc.wav2vec2.state_dict().items():
         assert torch.equal(value, pretrained[f"wav2vec2.{name}"]), name
     assert isinstance(ctc.wav2vec2.feature_extractor, LogMelFrontEnd)
+    with pytest.raises(ValueError, match="lm_head"):  # a pretraining folder is no CTC model, unless told
+        load_pretrained(Wav2Vec2ForCTC, pt / "final")
     from_folder, from_checkpoint = load_recognizer(ft / "final"), load_recognizer(ft / "checkpoints" / "step-00000005.pt")
     assert isinstance(from_folder.recognizer.model.wav2vec2.feature_extractor, LogMelFrontEnd)
     waves, lengths = batch_of(asr_corpus.manifest, 3)
