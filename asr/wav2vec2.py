@@ -223,14 +223,6 @@ def hf_config(encoder: EncoderConfig, sample_rate: int = 16000, **overrides) -> 
     return Wav2Vec2Config(**{**values, **overrides})
 
 
-def conv_output_length(config: Wav2Vec2Config, samples: int) -> int:
-    """Frames the conv feature encoder of ``config`` makes of ``samples`` samples (as HF's
-    ``_get_feat_extract_output_lengths``)."""
-    for kernel, stride in zip(config.conv_kernel, config.conv_stride, strict=True):
-        samples = (samples - kernel) // stride + 1
-    return samples
-
-
 class LogMelFrontEnd(nn.Module):
     """A drop-in for wav2vec 2.0's conv feature encoder (``model.wav2vec2.feature_extractor``): log-mel
     frames of ``receptive_field`` samples every half encoder frame (10 ms), pairs of them stacked onto
@@ -249,14 +241,14 @@ class LogMelFrontEnd(nn.Module):
     def __init__(self, config: Wav2Vec2Config):
         super().__init__()
         spec = config.glottis_front_end
-        self.config = config
-        field_, hop = receptive_field(config), math.prod(config.conv_stride)
-        if hop % 2:
-            raise ValueError(f"log-mel front end: the encoder's total stride {hop} is not even")
-        self.hop = hop // 2
+        # The conv stack's frames: (samples - field) // stride + 1, which its nested floors reduce to.
+        self.field, self.stride = receptive_field(config), math.prod(config.conv_stride)
+        if self.stride % 2:
+            raise ValueError(f"log-mel front end: the encoder's total stride {self.stride} is not even")
+        self.hop = self.stride // 2
         self.n_mels = int(spec["n_mels"])
-        self.features = FeatureExtractor(FeatureConfig(sample_rate=int(spec["sample_rate"]), n_fft=field_,
-                                                       win_length=field_, hop_length=self.hop, center=False,
+        self.features = FeatureExtractor(FeatureConfig(sample_rate=int(spec["sample_rate"]), n_fft=self.field,
+                                                       win_length=self.field, hop_length=self.hop, center=False,
                                                        n_mels=self.n_mels, log_floor=1e-8), "logmel")
         channels = config.conv_dim[-1]
         self.norm = nn.LayerNorm(2 * self.n_mels)
@@ -270,7 +262,7 @@ class LogMelFrontEnd(nn.Module):
         self._requires_grad = False
 
     def forward(self, input_values: torch.Tensor) -> torch.Tensor:
-        frames = conv_output_length(self.config, input_values.shape[1])
+        frames = (input_values.shape[1] - self.field) // self.stride + 1
         # Half a frame of padding makes 2 * frames mel frames whatever the length.
         feats, _ = self.features(nn.functional.pad(input_values.float(), (0, self.hop)))
         x = feats[:, : 2 * frames].reshape(len(feats), frames, 2 * self.n_mels)
@@ -297,9 +289,9 @@ def load_pretrained(cls: type[Wav2Vec2PreTrainedModel], path: str | os.PathLike,
     of another vocabulary) are left out and the new head starts at random (``ignore_mismatched_sizes``);
     without it, every weight of the model must be in the folder."""
     config_file = Path(path) / "config.json"
-    if not (config_file.is_file() and uses_log_mel(Wav2Vec2Config.from_json_file(str(config_file)))):
+    config = Wav2Vec2Config.from_json_file(str(config_file)) if config_file.is_file() else None
+    if config is None or not uses_log_mel(config):
         return cls.from_pretrained(str(path), local_files_only=True, ignore_mismatched_sizes=new_head, **overrides)
-    config = Wav2Vec2Config.from_json_file(str(config_file))
     for key, value in overrides.items():
         setattr(config, key, value)
     model = attach_front_end(cls(config))
