@@ -226,3 +226,57 @@ def test_a_postnet_stage_trains_a_resized_postnet_on_a_frozen_model(corpus, tmp_
     logged = [json.loads(line) for line in (second / "metrics.jsonl").read_text().splitlines()]
     linear = [row["value"] for row in logged if row["name"] == "train/linear"]
     assert linear[-1] < linear[0]  # the fresh post-net learns
+
+
+def test_decoder_cache_needs_a_frozen_decoder():
+    from tts.train import TrainConfig
+
+    TrainConfig(decoder_cache=True, train_only=("postnet", "linear_proj"))
+    for train_only in ((), ("decoder", "postnet")):
+        with pytest.raises(ValueError, match="decoder_cache needs a frozen encoder and decoder"):
+            TrainConfig(decoder_cache=True, train_only=train_only)
+
+
+def test_decoder_cache_gives_the_forward_passs_post_net_output(corpus):
+    from tts.train import DecoderCache
+
+    cfg = load_config(TTSConfig, TINY)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    batch = whole_batch(cfg, corpus)
+    one = {k: v[:1] for k, v in batch.items()}  # one item: no padding beyond its own decoder steps
+    cache = DecoderCache(cfg.model.r)
+    assert not (one["utt_ids"] in cache)
+    out = model(one["ids"], one["text_lengths"], one["mels"], one["mel_lengths"], feedback=0.5)
+    cache.store(one["utt_ids"], out, one["mel_lengths"], one["text_lengths"])
+    assert one["utt_ids"] in cache and not (batch["utt_ids"] in cache)
+    again = cache.output(model, one["utt_ids"], one["mel_lengths"], torch.device("cpu"))
+    for name in ("mel", "linear", "stop_logits", "alignments"):
+        torch.testing.assert_close(getattr(again, name), getattr(out, name), atol=1e-3, rtol=1e-3, msg=name)
+
+
+def test_a_cached_postnet_stage_runs_the_decoder_in_the_first_epoch_only(corpus, tmp_path, monkeypatch):
+    from tts.tacotron import Tacotron
+
+    first = tmp_path / "first"
+    _train(first, corpus)
+    calls = []
+    forward = Tacotron.forward
+
+    def counted(self, *args, **kwargs):
+        calls.append(self.training)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(Tacotron, "forward", counted)
+    second = tmp_path / "second"
+    _train(second, corpus, "--init", str(first / "final.pt"), "--set", "train.feedback=0.5",
+           "--set", "train.train_only=[postnet, linear_proj]", "--set", "train.decoder_cache=true")
+    cfg = load_config(TTSConfig, TINY, ["train.max_batch_size=2"])
+    epoch = len(build_loader(corpus, cfg, rank=0, world=1, train=True)[0])
+    assert 0 < epoch < 6 and calls.count(True) == epoch  # the decoder ran in the first epoch only
+    logged = [json.loads(line) for line in (second / "metrics.jsonl").read_text().splitlines()]
+    linear = [row["value"] for row in logged if row["name"] == "train/linear"]
+    assert len(linear) == 6 and linear[-1] < linear[0]
+    before = CheckpointManager.load(first / "final.pt")["model"]
+    after = CheckpointManager.load(second / "final.pt")["model"]
+    torch.testing.assert_close(after["decoder.rnns.0.weight_hh"], before["decoder.rnns.0.weight_hh"])

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.nn.utils.rnn import pad_sequence
 from tqdm import tqdm
@@ -44,7 +45,7 @@ from audio.training import (
 )
 from tts.alignment import alignment_scores, mean_scores
 from tts.spectrogram import TTS_FEATURES, GriffinLimConfig, SpectrogramScale, TargetExtractor, linear_to_wave
-from tts.tacotron import Tacotron, TacotronConfig, tacotron_loss
+from tts.tacotron import Tacotron, TacotronConfig, TacotronOutput, tacotron_loss
 from tts.text import PAD_ID, SYMBOLS, TextConfig, normalize_text, texts_to_ids
 
 log = logging.getLogger("tts.train")
@@ -96,6 +97,16 @@ class TrainConfig:
     # Half the post-net's L1 on the linear bins below this frequency (Hz), where intelligibility lives;
     # 0 weighs all bins alike, as in the paper.
     priority_freq: float = 0.0
+    # With train_only limited to post-net parts: keep the frozen decoder's outputs per utterance from
+    # the first epoch and reuse them after it, so later epochs run only the post-net (DecoderCache).
+    decoder_cache: bool = False
+
+    def __post_init__(self):
+        if self.decoder_cache and (not self.train_only or {"encoder", "decoder"} & set(self.train_only)):
+            raise ValueError(
+                "train.decoder_cache needs a frozen encoder and decoder: train.train_only must name only "
+                f"post-net parts (e.g. [postnet, linear_proj]), not {list(self.train_only)}"
+            )
 
     def feedback_at(self, step: int) -> float:
         """The scheduled-sampling probability for training step ``step`` (0-based)."""
@@ -228,8 +239,53 @@ def build_loader(
     return loader, sampler
 
 
+class DecoderCache:
+    """A frozen decoder's outputs per utterance, kept from the first epoch (``train.decoder_cache``).
+
+    A post-net stage spends most of each step in the autoregressive decoder, whose weights do not
+    change. Its outputs for an utterance (with that first pass's pre-net dropout and scheduled-sampling
+    draws) are kept here, on the CPU, and a batch whose utterances are all kept runs only the post-net.
+    About 0.3 GB for 2 h of speech; a resumed run fills it again.
+    """
+
+    def __init__(self, r: int):
+        self.r = r
+        self.items: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def __contains__(self, utt_ids: list[str]) -> bool:
+        return all(u in self.items for u in utt_ids)
+
+    def store(self, utt_ids: list[str], out: TacotronOutput, mel_lengths, text_lengths) -> None:
+        steps = (-(-mel_lengths // self.r)).tolist()
+        for b, utt in enumerate(utt_ids):
+            n, k = steps[b], int(text_lengths[b])
+            self.items[utt] = (
+                out.mel[b, : n * self.r].detach().cpu(),
+                out.stop_logits[b, :n].detach().cpu(),
+                out.alignments[b, :n, :k].detach().to("cpu", torch.float16),
+            )
+
+    def output(self, model: Tacotron, utt_ids: list[str], mel_lengths, device) -> TacotronOutput:
+        """The kept decoder outputs of a batch, padded, with a fresh post-net pass on them."""
+        mel, stop, attn = zip(*(self.items[u] for u in utt_ids), strict=True)
+        mel = pad_sequence(mel, batch_first=True).to(device)
+        width = max(a.shape[1] for a in attn)
+        attn = pad_sequence([F.pad(a.float(), (0, width - a.shape[1])) for a in attn], batch_first=True)
+        linear = model.postprocess(mel, mel_lengths.clamp(max=mel.shape[1]))
+        return TacotronOutput(
+            mel=mel, linear=linear, stop_logits=pad_sequence(stop, batch_first=True).to(device),
+            alignments=attn.to(device),
+        )
+
+
 def _losses(
-    model, batch: dict, cfg: TTSConfig, device: torch.device, *, feedback: float = 0.0
+    model,
+    batch: dict,
+    cfg: TTSConfig,
+    device: torch.device,
+    *,
+    feedback: float = 0.0,
+    cache: DecoderCache | None = None,
 ) -> dict[str, torch.Tensor]:
     ids, text_lengths = batch["ids"].to(device), batch["text_lengths"].to(device)
     mels, linears, mel_lengths = (
@@ -237,7 +293,12 @@ def _losses(
         batch["linears"].to(device),
         batch["mel_lengths"].to(device),
     )
-    out = model(ids, text_lengths, mels, mel_lengths, feedback=feedback)
+    if cache is not None and batch["utt_ids"] in cache:
+        out = cache.output(model, batch["utt_ids"], mel_lengths, device)
+    else:
+        out = model(ids, text_lengths, mels, mel_lengths, feedback=feedback)
+        if cache is not None:
+            cache.store(batch["utt_ids"], out, mel_lengths, text_lengths)
     return tacotron_loss(
         out,
         mels,
@@ -398,6 +459,11 @@ def train(cfg: TTSConfig, args: argparse.Namespace) -> Path:
         load_init_weights(model, args.init, skip=cfg.train.init_skip)
 
     ddp_model = DistributedDataParallel(model) if world > 1 else model
+    cache = None
+    if cfg.train.decoder_cache:
+        if world > 1:
+            raise ValueError("train.decoder_cache runs on one process only (it bypasses DDP's forward)")
+        cache = DecoderCache(cfg.model.r)
     use_amp = cfg.train.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     logger = TrainLogger(exp_dir, enabled=main_proc)
@@ -435,7 +501,7 @@ def train(cfg: TTSConfig, args: argparse.Namespace) -> Path:
         for batch in train_loader:
             feedback = cfg.train.feedback_at(step)  # step is still this batch's 0-based index
             with torch.autocast(device.type, enabled=use_amp):
-                losses = _losses(ddp_model, batch, cfg, device, feedback=feedback)
+                losses = _losses(ddp_model, batch, cfg, device, feedback=feedback, cache=cache)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(losses["loss"]).backward()
             scaler.unscale_(optimizer)
