@@ -245,7 +245,9 @@ class DecoderCache:
     A post-net stage spends most of each step in the autoregressive decoder, whose weights do not
     change. Its outputs for an utterance (with that first pass's pre-net dropout and scheduled-sampling
     draws) are kept here, on the CPU, and a batch whose utterances are all kept runs only the post-net.
-    About 0.3 GB for 2 h of speech; a resumed run fills it again.
+    For 2 h of speech that is ~0.2 GB of fp32 mel frames (2 h x 86 frames/s x 80 bins) plus fp16
+    alignments; a resumed run fills it again. In the stage-12 run the first epoch took ~1.7 s/step and the
+    cached steps ~0.6 s.
     """
 
     def __init__(self, r: int):
