@@ -246,10 +246,10 @@ def test_decoder_cache_gives_the_forward_passs_post_net_output(corpus):
     batch = whole_batch(cfg, corpus)
     one = {k: v[:1] for k, v in batch.items()}  # one item: no padding beyond its own decoder steps
     cache = DecoderCache(cfg.model.r)
-    assert not (one["utt_ids"] in cache)
+    assert one["utt_ids"] not in cache
     out = model(one["ids"], one["text_lengths"], one["mels"], one["mel_lengths"], feedback=0.5)
     cache.store(one["utt_ids"], out, one["mel_lengths"], one["text_lengths"])
-    assert one["utt_ids"] in cache and not (batch["utt_ids"] in cache)
+    assert one["utt_ids"] in cache and batch["utt_ids"] not in cache
     again = cache.output(model, one["utt_ids"], one["mel_lengths"], torch.device("cpu"))
     for name in ("mel", "linear", "stop_logits", "alignments"):
         torch.testing.assert_close(getattr(again, name), getattr(out, name), atol=1e-3, rtol=1e-3, msg=name)
@@ -280,3 +280,45 @@ def test_a_cached_postnet_stage_runs_the_decoder_in_the_first_epoch_only(corpus,
     before = CheckpointManager.load(first / "final.pt")["model"]
     after = CheckpointManager.load(second / "final.pt")["model"]
     torch.testing.assert_close(after["decoder.rnns.0.weight_hh"], before["decoder.rnns.0.weight_hh"])
+
+
+def test_mel_to_linear_map_recovers_the_linear_spectrogram(corpus):
+    from tts.spectrogram import mel_to_linear_map
+
+    cfg = TTSConfig()
+    batch = whole_batch(cfg, corpus)
+    weight, bias = mel_to_linear_map(cfg.features, cfg.scale)
+    mel, linear = batch["mels"], batch["linears"]
+    estimate = (mel @ weight + bias).clamp(0, 1)
+    valid = linear > 0
+    loud = linear > 0.3  # the bins above -70 dB, where the speech is
+    assert (estimate - linear)[valid].abs().mean() < 0.08
+    assert (estimate - linear)[loud].mean().abs() < 0.03  # no level offset (without it: ~-0.25)
+    assert (mel @ weight).clamp(0, 1)[loud].mean() < linear[loud].mean() - 0.15
+
+
+def test_a_skip_postnet_starts_at_the_map_and_survives_a_bundle(corpus, tmp_path):
+    from tts.bundle import export_bundle, load_tacotron
+    from tts.spectrogram import mel_to_linear_map
+
+    first = tmp_path / "first"
+    _train(first, corpus)
+    bundle = export_bundle(first / "final.pt", tmp_path / "bundle")
+    skip = ["--set", "model.postnet_skip=true"]
+    with pytest.raises(ValueError, match="missing"):  # the bundle has no linear_skip
+        _train(tmp_path / "strict", corpus, "--init", str(bundle), *skip)
+    cfg = load_config(TTSConfig, TINY, overrides=["model.postnet_skip=true"])
+    model = build_model(cfg).eval()
+    weight, bias = mel_to_linear_map(cfg.features, cfg.scale)
+    mel = torch.rand(2, 12, cfg.features.n_mels)
+    torch.testing.assert_close(model.postprocess(mel, torch.tensor([12, 12])), mel @ weight + bias)
+    second = tmp_path / "second"
+    parts = "[postnet, linear_proj, linear_skip]"
+    _train(second, corpus, "--init", str(bundle), *skip,
+           "--set", f"train.train_only={parts}", "--set", f"train.init_skip={parts}")
+    after = CheckpointManager.load(second / "final.pt")["model"]
+    assert not torch.equal(after["linear_skip.weight"], weight.T)  # trained
+    loaded = load_tacotron(export_bundle(second / "final.pt", tmp_path / "skip_bundle"))
+    assert loaded.model.cfg.postnet_skip
+    torch.testing.assert_close(loaded.model.linear_skip.weight, after["linear_skip.weight"].float(),
+                               atol=2e-3, rtol=2e-3)  # fp16 storage

@@ -63,6 +63,9 @@ class TacotronConfig:
     postnet_channels: int = 128  # paper: 256 for the first projection
     postnet_highways: int = 4
     postnet_gru: int = 128
+    # A linear path from the mel to the linear spectrogram beside the CBHG post-net (``linear_skip``), so
+    # the post-net learns only a correction. build_model starts it at tts.spectrogram.mel_to_linear_map.
+    postnet_skip: bool = False
     prenet_dropout: float = 0.5
     max_decoder_steps: int = 1000  # inference guard, in decoder steps (r frames each)
     stop_threshold: float = 0.5  # inference stops once sigmoid(stop logit) exceeds this
@@ -399,6 +402,8 @@ class Tacotron(nn.Module):
             gru_dim=cfg.postnet_gru,
         )
         self.linear_proj = nn.Linear(2 * cfg.postnet_gru, cfg.n_linear)
+        if cfg.postnet_skip:
+            self.linear_skip = nn.Linear(cfg.n_mels, cfg.n_linear)
 
     def encode(self, text_ids: torch.Tensor, text_lengths: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, N)`` ids, ``(B,)`` lengths -> ``(B, N, 2 * encoder_gru)``."""
@@ -408,7 +413,10 @@ class Tacotron(nn.Module):
 
     def postprocess(self, mel: torch.Tensor, mel_lengths: torch.Tensor) -> torch.Tensor:
         """Post-net: mel ``(B, T, n_mels)``, ``(B,)`` frames -> linear ``(B, T, n_linear)``."""
-        return self.linear_proj(self.postnet(mel, mel_lengths))
+        linear = self.linear_proj(self.postnet(mel, mel_lengths))
+        if self.cfg.postnet_skip:
+            linear = linear + self.linear_skip(mel)
+        return linear
 
     def forward(
         self,

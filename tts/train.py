@@ -44,7 +44,14 @@ from audio.training import (
     write_final,
 )
 from tts.alignment import alignment_scores, mean_scores
-from tts.spectrogram import TTS_FEATURES, GriffinLimConfig, SpectrogramScale, TargetExtractor, linear_to_wave
+from tts.spectrogram import (
+    TTS_FEATURES,
+    GriffinLimConfig,
+    SpectrogramScale,
+    TargetExtractor,
+    linear_to_wave,
+    mel_to_linear_map,
+)
 from tts.tacotron import Tacotron, TacotronConfig, TacotronOutput, tacotron_loss
 from tts.text import PAD_ID, SYMBOLS, TextConfig, normalize_text, texts_to_ids
 
@@ -130,7 +137,15 @@ def build_model(cfg: TTSConfig) -> Tacotron:
     model_cfg = replace(
         cfg.model, n_symbols=len(SYMBOLS), n_mels=cfg.features.n_mels, n_linear=cfg.features.n_freqs
     )
-    return Tacotron(model_cfg)
+    model = Tacotron(model_cfg)
+    if model_cfg.postnet_skip:  # start at the fixed mel -> linear map, the post-net's correction at zero
+        weight, bias = mel_to_linear_map(cfg.features, cfg.scale)
+        with torch.no_grad():
+            model.linear_skip.weight.copy_(weight.T)
+            model.linear_skip.bias.copy_(bias)
+            model.linear_proj.weight.zero_()
+            model.linear_proj.bias.zero_()
+    return model
 
 
 def model_metadata(cfg: TTSConfig, model: Tacotron) -> dict:
