@@ -15,7 +15,7 @@ from audio.config import load_config
 from audio.training import CheckpointManager
 from tts.alignment import alignment_scores, mean_scores
 from tts.tacotron import tacotron_loss
-from tts.train import TTSConfig, build_loader, build_model, collate_tts, main, priority_bins
+from tts.train import TrainConfig, TTSConfig, build_loader, build_model, collate_tts, main, priority_bins
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tts" / "tacotron_tiny.yaml"
@@ -322,3 +322,19 @@ def test_a_skip_postnet_starts_at_the_map_and_survives_a_bundle(corpus, tmp_path
     assert loaded.model.cfg.postnet_skip
     torch.testing.assert_close(loaded.model.linear_skip.weight, after["linear_skip.weight"].float(),
                                atol=2e-3, rtol=2e-3)  # fp16 storage
+
+
+def test_a_zero_skip_beside_a_trained_postnet_leaves_its_output_unchanged(corpus, tmp_path):
+    first = tmp_path / "first"
+    _train(first, corpus)
+    parts = "[postnet, linear_proj, linear_skip]"
+    second = tmp_path / "second"
+    _train(second, corpus, "--init", str(first / "final.pt"), "--set", "model.postnet_skip=true",
+           "--set", "train.skip_start=zero", "--set", f"train.train_only={parts}",
+           "--set", "train.init_skip=[linear_skip]", "--set", "train.total_steps=1", "--set", "train.peak_lr=1e-9")
+    before = CheckpointManager.load(first / "final.pt")["model"]
+    after = CheckpointManager.load(second / "final.pt")["model"]
+    assert after["linear_skip.weight"].abs().max() < 1e-6  # started at zero, barely moved
+    torch.testing.assert_close(after["linear_proj.weight"], before["linear_proj.weight"], atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="skip_start"):
+        TrainConfig(skip_start="both")

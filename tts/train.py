@@ -107,8 +107,13 @@ class TrainConfig:
     # With train_only limited to post-net parts: keep the frozen decoder's outputs per utterance from
     # the first epoch and reuse them after it, so later epochs run only the post-net (DecoderCache).
     decoder_cache: bool = False
+    # With model.postnet_skip, where linear_skip starts: "map" (mel_to_linear_map, for a fresh post-net)
+    # or "zero" (beside a trained post-net loaded by --init, whose output it then leaves unchanged).
+    skip_start: str = "map"
 
     def __post_init__(self):
+        if self.skip_start not in ("map", "zero"):
+            raise ValueError(f"train.skip_start must be 'map' or 'zero', not {self.skip_start!r}")
         if self.decoder_cache and (not self.train_only or {"encoder", "decoder"} & set(self.train_only)):
             raise ValueError(
                 "train.decoder_cache needs a frozen encoder and decoder: train.train_only must name only "
@@ -474,6 +479,10 @@ def train(cfg: TTSConfig, args: argparse.Namespace) -> Path:
         log.info("resumed from %s at step %d", latest, step)
     elif args.init:
         load_init_weights(model, args.init, skip=cfg.train.init_skip)
+    if latest is None and cfg.model.postnet_skip and cfg.train.skip_start == "zero":
+        with torch.no_grad():
+            model.linear_skip.weight.zero_()
+            model.linear_skip.bias.zero_()
 
     ddp_model = DistributedDataParallel(model) if world > 1 else model
     cache = None
