@@ -306,7 +306,7 @@ def test_a_skip_postnet_starts_at_the_map_and_survives_a_bundle(corpus, tmp_path
     bundle = export_bundle(first / "final.pt", tmp_path / "bundle")
     skip = ["--set", "model.postnet_skip=true"]
     with pytest.raises(ValueError, match="missing"):  # the bundle has no linear_skip
-        _train(tmp_path / "strict", corpus, "--init", str(bundle), *skip)
+        _train(tmp_path / "strict", corpus, "--init", str(bundle), *skip, "--set", "train.skip_start=zero")
     cfg = load_config(TTSConfig, TINY, overrides=["model.postnet_skip=true"])
     model = build_model(cfg).eval()
     weight, bias = mel_to_linear_map(cfg.features, cfg.scale)
@@ -338,3 +338,6 @@ def test_a_zero_skip_beside_a_trained_postnet_leaves_its_output_unchanged(corpus
     torch.testing.assert_close(after["linear_proj.weight"], before["linear_proj.weight"], atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="skip_start"):
         TrainConfig(skip_start="both")
+    with pytest.raises(ValueError, match="skip_start=zero"):  # the map beside a trained post-net
+        _train(tmp_path / "doubled", corpus, "--init", str(first / "final.pt"), "--set", "model.postnet_skip=true",
+               "--set", f"train.train_only={parts}", "--set", "train.init_skip=[linear_skip]")

@@ -478,6 +478,12 @@ def train(cfg: TTSConfig, args: argparse.Namespace) -> Path:
         train_seconds = state.get("train_seconds", 0.0)
         log.info("resumed from %s at step %d", latest, step)
     elif args.init:
+        if cfg.model.postnet_skip and cfg.train.skip_start == "map" and "linear_proj" not in cfg.train.init_skip:
+            raise ValueError(
+                f"--init {args.init}: its trained post-net would be loaded beside a skip path started at the "
+                "mel -> linear map, which adds the map to its whole output; set train.skip_start=zero, or "
+                "list postnet and linear_proj in train.init_skip for a fresh post-net"
+            )
         load_init_weights(model, args.init, skip=cfg.train.init_skip)
     if latest is None and cfg.model.postnet_skip and cfg.train.skip_start == "zero":
         with torch.no_grad():
