@@ -318,10 +318,16 @@ def test_a_skip_postnet_starts_at_the_map_and_survives_a_bundle(corpus, tmp_path
            "--set", f"train.train_only={parts}", "--set", f"train.init_skip={parts}")
     after = CheckpointManager.load(second / "final.pt")["model"]
     assert not torch.equal(after["linear_skip.weight"], weight.T)  # trained
-    loaded = load_tacotron(export_bundle(second / "final.pt", tmp_path / "skip_bundle"))
+    skip_bundle = export_bundle(second / "final.pt", tmp_path / "skip_bundle")
+    loaded = load_tacotron(skip_bundle)
     assert loaded.model.cfg.postnet_skip
     torch.testing.assert_close(loaded.model.linear_skip.weight, after["linear_skip.weight"].float(),
                                atol=2e-3, rtol=2e-3)  # fp16 storage
+    third = tmp_path / "third"  # a further stage loads the trained skip path, whatever skip_start says
+    _train(third, corpus, "--init", str(skip_bundle), *skip, "--set", "train.skip_start=zero",
+           "--set", f"train.train_only={parts}", "--set", "train.total_steps=1", "--set", "train.peak_lr=1e-9")
+    torch.testing.assert_close(CheckpointManager.load(third / "final.pt")["model"]["linear_skip.weight"],
+                               loaded.model.linear_skip.weight, atol=1e-6, rtol=0)
 
 
 def test_a_zero_skip_beside_a_trained_postnet_leaves_its_output_unchanged(corpus, tmp_path):

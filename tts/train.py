@@ -467,6 +467,8 @@ def train(cfg: TTSConfig, args: argparse.Namespace) -> Path:
     checkpoints = CheckpointManager(exp_dir, keep=cfg.train.keep_checkpoints)
     step, train_seconds = 0, 0.0
     latest = checkpoints.latest()
+    # A skip path not loaded from --init starts where train.skip_start says (build_model: at the map).
+    fresh_skip = cfg.model.postnet_skip and (not args.init or "linear_skip" in cfg.train.init_skip)
     if latest is not None:
         state = CheckpointManager.load(latest, map_location=device)
         model.load_state_dict(state["model"])
@@ -478,14 +480,14 @@ def train(cfg: TTSConfig, args: argparse.Namespace) -> Path:
         train_seconds = state.get("train_seconds", 0.0)
         log.info("resumed from %s at step %d", latest, step)
     elif args.init:
-        if cfg.model.postnet_skip and cfg.train.skip_start == "map" and "linear_proj" not in cfg.train.init_skip:
+        if fresh_skip and cfg.train.skip_start == "map" and "linear_proj" not in cfg.train.init_skip:
             raise ValueError(
                 f"--init {args.init}: its trained post-net would be loaded beside a skip path started at the "
                 "mel -> linear map, which adds the map to its whole output; set train.skip_start=zero, or "
                 "list postnet and linear_proj in train.init_skip for a fresh post-net"
             )
         load_init_weights(model, args.init, skip=cfg.train.init_skip)
-    if latest is None and cfg.model.postnet_skip and cfg.train.skip_start == "zero":
+    if latest is None and fresh_skip and cfg.train.skip_start == "zero":
         with torch.no_grad():
             model.linear_skip.weight.zero_()
             model.linear_skip.bias.zero_()
