@@ -107,8 +107,9 @@ class TrainConfig:
     # With train_only limited to post-net parts: keep the frozen decoder's outputs per utterance from
     # the first epoch and reuse them after it, so later epochs run only the post-net (DecoderCache).
     decoder_cache: bool = False
-    # With model.postnet_skip, where linear_skip starts: "map" (mel_to_linear_map, for a fresh post-net)
-    # or "zero" (beside a trained post-net loaded by --init, whose output it then leaves unchanged).
+    # With model.postnet_skip, where build_model starts linear_skip: "map" (mel_to_linear_map, for a fresh
+    # post-net) or "zero" (beside a trained post-net loaded by --init, whose output it then leaves
+    # unchanged). Weights --init or a checkpoint loads replace either.
     skip_start: str = "map"
 
     def __post_init__(self):
@@ -143,13 +144,17 @@ def build_model(cfg: TTSConfig) -> Tacotron:
         cfg.model, n_symbols=len(SYMBOLS), n_mels=cfg.features.n_mels, n_linear=cfg.features.n_freqs
     )
     model = Tacotron(model_cfg)
-    if model_cfg.postnet_skip:  # start at the fixed mel -> linear map, the post-net's correction at zero
-        weight, bias = mel_to_linear_map(cfg.features, cfg.scale)
+    if model_cfg.postnet_skip:  # the post-net's correction starts at zero, the skip path at train.skip_start
         with torch.no_grad():
-            model.linear_skip.weight.copy_(weight.T)
-            model.linear_skip.bias.copy_(bias)
             model.linear_proj.weight.zero_()
             model.linear_proj.bias.zero_()
+            if cfg.train.skip_start == "map":
+                weight, bias = mel_to_linear_map(cfg.features, cfg.scale)
+                model.linear_skip.weight.copy_(weight.T)
+                model.linear_skip.bias.copy_(bias)
+            else:
+                model.linear_skip.weight.zero_()
+                model.linear_skip.bias.zero_()
     return model
 
 
@@ -467,7 +472,7 @@ def train(cfg: TTSConfig, args: argparse.Namespace) -> Path:
     checkpoints = CheckpointManager(exp_dir, keep=cfg.train.keep_checkpoints)
     step, train_seconds = 0, 0.0
     latest = checkpoints.latest()
-    # A skip path not loaded from --init starts where train.skip_start says (build_model: at the map).
+    # A skip path not loaded from --init keeps build_model's start (train.skip_start).
     fresh_skip = cfg.model.postnet_skip and (not args.init or "linear_skip" in cfg.train.init_skip)
     if latest is not None:
         state = CheckpointManager.load(latest, map_location=device)
@@ -487,10 +492,6 @@ def train(cfg: TTSConfig, args: argparse.Namespace) -> Path:
                 "list postnet and linear_proj in train.init_skip for a fresh post-net"
             )
         load_init_weights(model, args.init, skip=cfg.train.init_skip)
-    if latest is None and fresh_skip and cfg.train.skip_start == "zero":
-        with torch.no_grad():
-            model.linear_skip.weight.zero_()
-            model.linear_skip.bias.zero_()
 
     ddp_model = DistributedDataParallel(model) if world > 1 else model
     cache = None
