@@ -20,6 +20,7 @@ from tts.tacotron import (
     _Prenet,
     guided_attention_loss,
     guided_attention_weights,
+    mel_delta_loss,
     tacotron_loss,
 )
 
@@ -292,6 +293,36 @@ def test_priority_loss_weighs_the_low_bins_half():
     assert linear_loss(low, bins=10) > linear_loss(high, bins=10)
     # Every bin in the priority band: the loss is the plain one.
     torch.testing.assert_close(linear_loss(linears, bins=TINY.n_linear), linear_loss(linears))
+
+
+def test_mel_delta_loss_penalises_blur_that_plain_l1_forgives():
+    torch.manual_seed(0)
+    target = torch.rand(2, 30, 16)
+    valid = torch.ones(2, 30, 1)
+    valid[1, 20:] = 0.0  # padding past the second item's end does not count
+
+    def plain(x):
+        return ((x - target).abs() * valid).sum() / (valid.sum() * 16)
+
+    # A blurred copy (moving average over 5 frames and 3 bands), and a copy shifted by twice its plain L1:
+    blurred = F.avg_pool2d(target.unsqueeze(1), (5, 3), stride=1, padding=(2, 1), count_include_pad=False)[:, 0]
+    shifted = target + 2 * plain(blurred)
+    assert plain(blurred) < plain(shifted)
+    assert mel_delta_loss(blurred, target, valid) > 0.1
+    torch.testing.assert_close(mel_delta_loss(shifted, target, valid), torch.tensor(0.0))
+    garbage = target.clone()
+    garbage[1, 20:] = 5.0
+    torch.testing.assert_close(mel_delta_loss(garbage, target, valid), torch.tensor(0.0))
+
+
+def test_tacotron_loss_adds_the_delta_term_only_when_weighted():
+    net = model().eval()
+    ids, text_lengths, mels, mel_lengths, linears = make_batch()
+    out = net(ids, text_lengths, mels, mel_lengths, prenet_dropout=False)
+    plain = tacotron_loss(out, mels, linears, mel_lengths, text_lengths, r=TINY.r)
+    weighted = tacotron_loss(out, mels, linears, mel_lengths, text_lengths, r=TINY.r, delta_weight=2.0)
+    assert "delta" not in plain and weighted["delta"] > 0
+    torch.testing.assert_close(weighted["loss"], plain["loss"] + 2.0 * weighted["delta"])
 
 
 # --- alignment scores -----------------------------------------------------------------------------

@@ -172,6 +172,7 @@ def synthesize_manifest(
     limit: int | None = None,
     seed: int = 0,
     gl_power: float | None = None,
+    gl_iters: int | None = None,
 ) -> Path:
     """Synthesise every utterance's text to ``out_dir/<id>.wav``, the alignments to ``alignments.npz``
     (key ``<id>`` or ``<id>.<k>`` per sentence), and last ``synth.jsonl``, one row per utterance with
@@ -183,6 +184,8 @@ def synthesize_manifest(
     synthesizer = Synthesizer(model, seed=seed)
     if gl_power is not None:
         synthesizer.griffin_lim = replace(synthesizer.griffin_lim, power=gl_power)
+    if gl_iters is not None:
+        synthesizer.griffin_lim = replace(synthesizer.griffin_lim, n_iter=gl_iters)
     records = read_manifest(manifest)[:limit]
     rows, alignments = [], {}
     for record in tqdm(records, desc="synthesise", unit="utt"):
@@ -326,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, default=1, help="torch threads (default 1, for a comparable RTF)"
     )
     synth.add_argument("--gl-power", type=float, help="Griffin-Lim magnitude power (default: the model's)")
+    synth.add_argument("--gl-iters", type=int, help="Griffin-Lim iterations (default: the model's)")
     sc = sub.add_parser("score", help="MCD, round-trip CER and attention scores -> scores.json")
     sc.add_argument("--manifest", required=True)
     sc.add_argument("--synth-dir", required=True)
@@ -347,7 +351,10 @@ def main(argv: list[str] | None = None) -> int:
         from audio.training import set_threads
 
         set_threads(args.threads)
-        synthesize_manifest(args.model, args.manifest, args.out_dir, limit=args.limit, gl_power=args.gl_power)
+        synthesize_manifest(
+            args.model, args.manifest, args.out_dir, limit=args.limit, gl_power=args.gl_power,
+            gl_iters=args.gl_iters,
+        )
     elif args.command == "score":
         write_json(
             args.out, score(args.manifest, args.synth_dir, roundtrip=args.roundtrip, reference=args.reference)

@@ -34,6 +34,7 @@ __all__ = [
     "guided_attention_weights",
     "guided_attention_loss",
     "tacotron_loss",
+    "mel_delta_loss",
 ]
 
 
@@ -591,6 +592,7 @@ def tacotron_loss(
     guided_weight: float = 1.0,
     guided_sigma: float = 0.2,
     priority_bins: int = 0,
+    delta_weight: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """The training losses, each a scalar, and their weighted sum under ``"loss"``.
 
@@ -599,6 +601,9 @@ def tacotron_loss(
     one per utterance), and ``guided_weight`` times the guided attention loss.
     With ``priority_bins`` > 0 the linear L1 is half over all bins and half over the lowest
     ``priority_bins`` (keithito/tacotron's "priority frequency", where speech is intelligible).
+    With ``delta_weight`` > 0, ``delta_weight`` times the L1 of the mel's differences between
+    neighbouring frames and between neighbouring bands is added (key ``"delta"``): a blurred mel, whose
+    edges and formant peaks are flattened, is penalised even where its values are close on average.
     Args: mels ``(B, T, n_mels)``, linears ``(B, T, n_linear)`` targets; lengths ``(B,)``.
     """
     frames = out.mel.shape[1]
@@ -629,4 +634,21 @@ def tacotron_loss(
     )
     guided = guided_attention_loss(out.alignments, text_lengths, step_lengths, sigma=guided_sigma)
     total = mel_loss + linear_loss + stop_loss + guided_weight * guided
-    return {"loss": total, "mel": mel_loss, "linear": linear_loss, "stop": stop_loss, "guided": guided}
+    losses = {"mel": mel_loss, "linear": linear_loss, "stop": stop_loss, "guided": guided}
+    if delta_weight > 0:
+        losses["delta"] = mel_delta_loss(out.mel, mels, valid)
+        total = total + delta_weight * losses["delta"]
+    return {"loss": total, **losses}
+
+
+def mel_delta_loss(mel: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """L1 between the frame-to-frame and band-to-band differences of ``mel`` and ``target``
+    (both ``(B, T, n_mels)``), over valid frames (``valid`` ``(B, T, 1)``), the two means summed."""
+    pairs = valid[:, 1:] * valid[:, :-1]
+    in_time = ((mel.diff(dim=1) - target.diff(dim=1)).abs() * pairs).sum() / (
+        pairs.sum().clamp_min(1) * mel.shape[-1]
+    )
+    in_freq = ((mel.diff(dim=2) - target.diff(dim=2)).abs() * valid).sum() / (
+        valid.sum().clamp_min(1) * (mel.shape[-1] - 1)
+    )
+    return in_time + in_freq

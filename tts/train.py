@@ -104,6 +104,9 @@ class TrainConfig:
     # Half the post-net's L1 on the linear bins below this frequency (Hz), where intelligibility lives;
     # 0 weighs all bins alike, as in the paper.
     priority_freq: float = 0.0
+    # Weight of an L1 on the mel's frame-to-frame and band-to-band differences (tacotron.mel_delta_loss),
+    # against the free-running decoder's blur; 0 (off) is the paper's loss.
+    mel_delta_weight: float = 0.0
     # With train_only limited to post-net parts: keep the frozen decoder's outputs per utterance from
     # the first epoch and reuse them after it, so later epochs run only the post-net (DecoderCache).
     decoder_cache: bool = False
@@ -337,6 +340,7 @@ def _losses(
         guided_weight=cfg.train.guided_attention_weight,
         guided_sigma=cfg.train.guided_attention_sigma,
         priority_bins=priority_bins(cfg),
+        delta_weight=cfg.train.mel_delta_weight,
     )
 
 
