@@ -15,7 +15,9 @@ from safetensors.torch import load_file
 from audio.cli import main as glottis
 from audio.config import load_config
 from audio.io import load
+from audio.manifest import Utterance, write_manifest
 from tts.bundle import export_bundle, load_tacotron
+from tts.evaluate import main as evaluate
 from tts.evaluate import mel_cepstral_distortion, roundtrip_cer
 from tts.synthesize import PAUSE_S, Synthesizer
 from tts.train import TTSConfig, build_model, model_metadata
@@ -158,9 +160,6 @@ def test_synthesizer_api_is_reproducible(tiny_model):
 
 def test_synthesize_manifest_takes_griffin_lim_overrides(tiny_model, tmp_path):
     checkpoint, _, cfg = tiny_model
-    from audio.manifest import Utterance, write_manifest
-    from tts.evaluate import main as evaluate
-
     manifest = tmp_path / "m.jsonl"
     write_manifest(manifest, [Utterance("u1", "u1.wav", "Hello there.", "s", 1.0, cfg.features.sample_rate)])
     waves = {}

@@ -38,7 +38,6 @@ import math
 import statistics
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -182,10 +181,7 @@ def synthesize_manifest(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     synthesizer = Synthesizer(model, seed=seed)
-    if gl_power is not None:
-        synthesizer.griffin_lim = replace(synthesizer.griffin_lim, power=gl_power)
-    if gl_iters is not None:
-        synthesizer.griffin_lim = replace(synthesizer.griffin_lim, n_iter=gl_iters)
+    synthesizer.override_griffin_lim(n_iter=gl_iters, power=gl_power)
     records = read_manifest(manifest)[:limit]
     rows, alignments = [], {}
     for record in tqdm(records, desc="synthesise", unit="utt"):

@@ -106,6 +106,13 @@ class Synthesizer:
         self.max_decoder_steps = max_decoder_steps
         self.griffin_lim = griffin_lim or self.loaded.griffin_lim
 
+    def override_griffin_lim(self, *, n_iter: int | None = None, power: float | None = None) -> None:
+        """Use ``n_iter`` Griffin-Lim iterations and/or magnitude ``power`` (None keeps the current value)."""
+        gl = self.griffin_lim
+        self.griffin_lim = replace(
+            gl, n_iter=gl.n_iter if n_iter is None else n_iter, power=gl.power if power is None else power
+        )
+
     @property
     def sample_rate(self) -> int:
         return self.loaded.feature_config.sample_rate
@@ -227,13 +234,7 @@ def main(argv: list[str] | None = None, prog: str = "glottis synthesize") -> int
         synthesizer = Synthesizer(
             args.model, vocoder=args.vocoder, vocoder_model=args.vocoder_model, seed=args.seed
         )
-        if args.gl_iters is not None or args.gl_power is not None:
-            gl = synthesizer.griffin_lim
-            synthesizer.griffin_lim = replace(
-                gl,
-                n_iter=gl.n_iter if args.gl_iters is None else args.gl_iters,
-                power=gl.power if args.gl_power is None else args.gl_power,
-            )
+        synthesizer.override_griffin_lim(n_iter=args.gl_iters, power=args.gl_power)
     except (ValueError, VocoderUnavailable) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2

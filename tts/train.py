@@ -476,8 +476,6 @@ def train(cfg: TTSConfig, args: argparse.Namespace) -> Path:
     checkpoints = CheckpointManager(exp_dir, keep=cfg.train.keep_checkpoints)
     step, train_seconds = 0, 0.0
     latest = checkpoints.latest()
-    # A skip path not loaded from --init keeps build_model's start (train.skip_start).
-    fresh_skip = cfg.model.postnet_skip and (not args.init or "linear_skip" in cfg.train.init_skip)
     if latest is not None:
         state = CheckpointManager.load(latest, map_location=device)
         model.load_state_dict(state["model"])
@@ -489,7 +487,9 @@ def train(cfg: TTSConfig, args: argparse.Namespace) -> Path:
         train_seconds = state.get("train_seconds", 0.0)
         log.info("resumed from %s at step %d", latest, step)
     elif args.init:
-        if fresh_skip and cfg.train.skip_start == "map" and "linear_proj" not in cfg.train.init_skip:
+        # A skip path --init does not load keeps build_model's start; the map beside a loaded post-net is wrong.
+        map_skip = cfg.model.postnet_skip and "linear_skip" in cfg.train.init_skip and cfg.train.skip_start == "map"
+        if map_skip and "linear_proj" not in cfg.train.init_skip:
             raise ValueError(
                 f"--init {args.init}: its trained post-net would be loaded beside a skip path started at the "
                 "mel -> linear map, which adds the map to its whole output; set train.skip_start=zero, or "
