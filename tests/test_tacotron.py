@@ -283,7 +283,9 @@ def test_priority_loss_weighs_the_low_bins_half():
     out = net(ids, text_lengths, mels, mel_lengths, prenet_dropout=False)
 
     def linear_loss(target, bins=0):
-        return tacotron_loss(out, mels, target, mel_lengths, text_lengths, r=TINY.r, priority_bins=bins)["linear"]
+        return tacotron_loss(out, mels, target, mel_lengths, text_lengths, r=TINY.r, priority_bins=bins)[
+            "linear"
+        ]
 
     # The same error in the 23 top bins outweighs it in the 10 low ones, until the low ones count half.
     high, low = linears.clone(), linears.clone()
@@ -305,7 +307,9 @@ def test_mel_delta_loss_penalises_blur_that_plain_l1_forgives():
         return ((x - target).abs() * valid).sum() / (valid.sum() * 16)
 
     # A blurred copy (moving average over 5 frames and 3 bands), and a copy shifted by twice its plain L1:
-    blurred = F.avg_pool2d(target.unsqueeze(1), (5, 3), stride=1, padding=(2, 1), count_include_pad=False)[:, 0]
+    blurred = F.avg_pool2d(target.unsqueeze(1), (5, 3), stride=1, padding=(2, 1), count_include_pad=False)[
+        :, 0
+    ]
     shifted = target + 2 * plain(blurred)
     assert plain(blurred) < plain(shifted)
     assert mel_delta_loss(blurred, target, valid) > 0.1
@@ -323,6 +327,22 @@ def test_tacotron_loss_adds_the_delta_term_only_when_weighted():
     weighted = tacotron_loss(out, mels, linears, mel_lengths, text_lengths, r=TINY.r, delta_weight=2.0)
     assert "delta" not in plain and weighted["delta"] > 0
     torch.testing.assert_close(weighted["loss"], plain["loss"] + 2.0 * weighted["delta"])
+    both = tacotron_loss(
+        out, mels, linears, mel_lengths, text_lengths, r=TINY.r, delta_weight=2.0, linear_delta_weight=3.0
+    )
+    assert both["linear_delta"] > 0
+    torch.testing.assert_close(both["loss"], weighted["loss"] + 3.0 * both["linear_delta"])
+    # With priority bins the linear term looks at those bins only: a change above them leaves it alone.
+    low = tacotron_loss(
+        out, mels, linears, mel_lengths, text_lengths, r=TINY.r, priority_bins=5, linear_delta_weight=1.0
+    )
+    noisy = linears.clone()
+    noisy[..., 5:] += torch.rand_like(noisy[..., 5:])
+    moved = tacotron_loss(
+        out, mels, noisy, mel_lengths, text_lengths, r=TINY.r, priority_bins=5, linear_delta_weight=1.0
+    )
+    torch.testing.assert_close(moved["linear_delta"], low["linear_delta"])
+    assert moved["linear"] != low["linear"]
 
 
 # --- alignment scores -----------------------------------------------------------------------------

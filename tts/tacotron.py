@@ -593,6 +593,7 @@ def tacotron_loss(
     guided_sigma: float = 0.2,
     priority_bins: int = 0,
     delta_weight: float = 0.0,
+    linear_delta_weight: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """The training losses, each a scalar, and their weighted sum under ``"loss"``.
 
@@ -604,6 +605,8 @@ def tacotron_loss(
     With ``delta_weight`` > 0, ``delta_weight`` times the L1 of the mel's differences between
     neighbouring frames and between neighbouring bands is added (key ``"delta"``): a blurred mel, whose
     edges and formant peaks are flattened, is penalised even where its values are close on average.
+    ``linear_delta_weight`` does the same for the post-net's linear output (key ``"linear_delta"``), over
+    the ``priority_bins`` when they are set (there the harmonics are resolved) and all bins otherwise.
     Args: mels ``(B, T, n_mels)``, linears ``(B, T, n_linear)`` targets; lengths ``(B,)``.
     """
     frames = out.mel.shape[1]
@@ -638,12 +641,16 @@ def tacotron_loss(
     if delta_weight > 0:
         losses["delta"] = mel_delta_loss(out.mel, mels, valid)
         total = total + delta_weight * losses["delta"]
+    if linear_delta_weight > 0:
+        bins = priority_bins or linears.shape[-1]
+        losses["linear_delta"] = mel_delta_loss(out.linear[..., :bins], linears[..., :bins], valid)
+        total = total + linear_delta_weight * losses["linear_delta"]
     return {"loss": total, **losses}
 
 
 def mel_delta_loss(mel: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """L1 between the frame-to-frame and band-to-band differences of ``mel`` and ``target``
-    (both ``(B, T, n_mels)``), over valid frames (``valid`` ``(B, T, 1)``), the two means summed."""
+    (both ``(B, T, bands)``; a linear spectrogram works alike), over valid frames (``valid`` ``(B, T, 1)``), the two means summed."""
     pairs = valid[:, 1:] * valid[:, :-1]
     in_time = ((mel.diff(dim=1) - target.diff(dim=1)).abs() * pairs).sum() / (
         pairs.sum().clamp_min(1) * mel.shape[-1]

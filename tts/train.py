@@ -107,6 +107,8 @@ class TrainConfig:
     # Weight of an L1 on the mel's frame-to-frame and band-to-band differences (tacotron.mel_delta_loss),
     # against the free-running decoder's blur; 0 (off) is the paper's loss.
     mel_delta_weight: float = 0.0
+    # The same for the post-net's linear output, over the priority-frequency bins when priority_freq is set.
+    linear_delta_weight: float = 0.0
     # With train_only limited to post-net parts: keep the frozen decoder's outputs per utterance from
     # the first epoch and reuse them after it, so later epochs run only the post-net (DecoderCache).
     decoder_cache: bool = False
@@ -303,7 +305,9 @@ class DecoderCache:
         attn = pad_sequence([F.pad(a.float(), (0, width - a.shape[1])) for a in attn], batch_first=True)
         linear = model.postprocess(mel, mel_lengths.clamp(max=mel.shape[1]))
         return TacotronOutput(
-            mel=mel, linear=linear, stop_logits=pad_sequence(stop, batch_first=True).to(device),
+            mel=mel,
+            linear=linear,
+            stop_logits=pad_sequence(stop, batch_first=True).to(device),
             alignments=attn.to(device),
         )
 
@@ -341,6 +345,7 @@ def _losses(
         guided_sigma=cfg.train.guided_attention_sigma,
         priority_bins=priority_bins(cfg),
         delta_weight=cfg.train.mel_delta_weight,
+        linear_delta_weight=cfg.train.linear_delta_weight,
     )
 
 
@@ -461,8 +466,11 @@ def train(cfg: TTSConfig, args: argparse.Namespace) -> Path:
 
     trainable = freeze_except(model, cfg.train.train_only)
     if cfg.train.train_only:
-        log.info("training only %s: %.2fM parameters", ", ".join(cfg.train.train_only),
-                 sum(p.numel() for p in trainable) / 1e6)
+        log.info(
+            "training only %s: %.2fM parameters",
+            ", ".join(cfg.train.train_only),
+            sum(p.numel() for p in trainable) / 1e6,
+        )
     optimizer = torch.optim.AdamW(
         trainable,
         lr=cfg.train.peak_lr,
@@ -488,7 +496,9 @@ def train(cfg: TTSConfig, args: argparse.Namespace) -> Path:
         log.info("resumed from %s at step %d", latest, step)
     elif args.init:
         # A skip path --init does not load keeps build_model's start; the map beside a loaded post-net is wrong.
-        map_skip = cfg.model.postnet_skip and "linear_skip" in cfg.train.init_skip and cfg.train.skip_start == "map"
+        map_skip = (
+            cfg.model.postnet_skip and "linear_skip" in cfg.train.init_skip and cfg.train.skip_start == "map"
+        )
         if map_skip and "linear_proj" not in cfg.train.init_skip:
             raise ValueError(
                 f"--init {args.init}: its trained post-net would be loaded beside a skip path started at the "
@@ -609,7 +619,9 @@ def train(cfg: TTSConfig, args: argparse.Namespace) -> Path:
 
 def finalize(exp_dir: Path, checkpoints: CheckpointManager, cfg: TTSConfig) -> None:
     """Write ``final.pt``: the average of the last ``average_last`` step checkpoints."""
-    write_final(exp_dir, checkpoints, cfg.train.average_last, drop=("optimizer", "scheduler", "sampler", "rng"))
+    write_final(
+        exp_dir, checkpoints, cfg.train.average_last, drop=("optimizer", "scheduler", "sampler", "rng")
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
