@@ -34,7 +34,7 @@ __all__ = [
     "guided_attention_weights",
     "guided_attention_loss",
     "tacotron_loss",
-    "mel_delta_loss",
+    "delta_loss",
 ]
 
 
@@ -639,23 +639,24 @@ def tacotron_loss(
     total = mel_loss + linear_loss + stop_loss + guided_weight * guided
     losses = {"mel": mel_loss, "linear": linear_loss, "stop": stop_loss, "guided": guided}
     if delta_weight > 0:
-        losses["delta"] = mel_delta_loss(out.mel, mels, valid)
+        losses["delta"] = delta_loss(out.mel, mels, valid)
         total = total + delta_weight * losses["delta"]
     if linear_delta_weight > 0:
         bins = priority_bins or linears.shape[-1]
-        losses["linear_delta"] = mel_delta_loss(out.linear[..., :bins], linears[..., :bins], valid)
+        losses["linear_delta"] = delta_loss(out.linear[..., :bins], linears[..., :bins], valid)
         total = total + linear_delta_weight * losses["linear_delta"]
     return {"loss": total, **losses}
 
 
-def mel_delta_loss(mel: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """L1 between the frame-to-frame and band-to-band differences of ``mel`` and ``target``
-    (both ``(B, T, bands)``; a linear spectrogram works alike), over valid frames (``valid`` ``(B, T, 1)``), the two means summed."""
+def delta_loss(spec: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """L1 between the frame-to-frame and band-to-band differences of ``spec`` and ``target``
+    (both ``(B, T, bands)``: a mel or a linear spectrogram), over valid frames (``valid`` ``(B, T, 1)``),
+    the two means summed."""
     pairs = valid[:, 1:] * valid[:, :-1]
-    in_time = ((mel.diff(dim=1) - target.diff(dim=1)).abs() * pairs).sum() / (
-        pairs.sum().clamp_min(1) * mel.shape[-1]
+    in_time = ((spec.diff(dim=1) - target.diff(dim=1)).abs() * pairs).sum() / (
+        pairs.sum().clamp_min(1) * spec.shape[-1]
     )
-    in_freq = ((mel.diff(dim=2) - target.diff(dim=2)).abs() * valid).sum() / (
-        valid.sum().clamp_min(1) * (mel.shape[-1] - 1)
+    in_freq = ((spec.diff(dim=2) - target.diff(dim=2)).abs() * valid).sum() / (
+        valid.sum().clamp_min(1) * (spec.shape[-1] - 1)
     )
     return in_time + in_freq

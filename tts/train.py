@@ -104,7 +104,7 @@ class TrainConfig:
     # Half the post-net's L1 on the linear bins below this frequency (Hz), where intelligibility lives;
     # 0 weighs all bins alike, as in the paper.
     priority_freq: float = 0.0
-    # Weight of an L1 on the mel's frame-to-frame and band-to-band differences (tacotron.mel_delta_loss),
+    # Weight of an L1 on the mel's frame-to-frame and band-to-band differences (tacotron.delta_loss),
     # against the free-running decoder's blur; 0 (off) is the paper's loss.
     mel_delta_weight: float = 0.0
     # The same for the post-net's linear output, over the priority-frequency bins when priority_freq is set.
