@@ -19,8 +19,14 @@ Stages, each a real file so ``make`` resumes an interrupted build:
    espeak's ~100: robotic, whisper and test-like ones left out), each read in two of the training accents,
    as ``manifests/train_variants.jsonl``. The base corpus has 12 training variants against 4 unseen test
    ones, and the unseen espeak test voices still err 2-3x as often as the dev ones.
+6. ``accents`` (optional, after ``build``): new espeak-ng accents, each assembled from the training
+   accents' parts (a phoneme table, a set of spelling rules, some phoneme replacements, a stress timing)
+   with a training variant's voice quality and its formants scaled, as ``manifests/train_accents.jsonl``.
+   The voice files go to ``DATA/espeak-ng/``. Training has six accents and the test split two unseen ones
+   (en-us-nyc, en-gb-x-gbcwmd), whose voices err twice as often as the dev voices in the seen accents;
+   neither held-out accent's parts (phoneme tables en-us-nyc and en-wm, h-dropping) are used.
 
-Usage: ``python -m audio.synth_corpus {text,voices,build,extra,variants} --data-dir DIR [--hours 10] [--jobs 2]``
+Usage: ``python -m audio.synth_corpus {text,voices,build,extra,variants,accents} --data-dir DIR [--hours 10] [--jobs 2]``
 """
 
 from __future__ import annotations
@@ -243,6 +249,102 @@ def variant_voices(seed: int = 2) -> list[Voice]:
             for accent in (ESPEAK_ACCENTS[i % len(ESPEAK_ACCENTS)], ESPEAK_ACCENTS[(i + 3) % len(ESPEAK_ACCENTS)])]
 
 
+# The ``accents`` stage: espeak-ng accents that no espeak-ng voice file defines, assembled at random from
+# the parts of the training accents' files (espeak-ng-data/lang/gmw/en*): a phoneme table, spelling-rule
+# groups, 1-4 phoneme replacements and a stress timing, plus a training variant's voice quality with its
+# formant frequencies scaled (one vocal-tract factor in 0.88-1.12 and a 3% jitter per formant). The held-out
+# accents' own parts are not in the pools: phoneme tables en-us-nyc and en-wm, en-wm's h-dropping.
+ACCENT_PHONEMES = ["en", "en-us", "en-rp", "en-sc", "en-n", "en-wi"]
+ACCENT_DICTRULES = ["", "3 6", "2 5 6 7", "8", "2 5", "3"]
+ACCENT_REPLACE = [
+    "00 D d", "00 T t[", "00 U@ o@", "03 @ a#", "03 3 a#", "03 N n", "03 @ V", "03 I i", "03 I2 i",
+    "01 aI aI2", "02 a a/", "02 u: U", "03 i I2", "00 o@ O@",
+]
+ACCENT_STRESS = [
+    "", "175 175 175 175 220 220 250 290", "180 130 200 200 0 0 250 270",
+    "160 150 180 180 220 220 290 290", "140 120 190 170 0 0 255 300",
+]
+ACCENT_VOICES = 96
+ACCENTS_HOURS = 2.0
+
+
+def espeak_data_dir() -> Path:
+    """espeak-ng's data folder, as ``espeak-ng --version`` reports it."""
+    out = subprocess.run(["espeak-ng", "--version"], check=True, capture_output=True, text=True).stdout
+    match = re.search(r"Data at:\s*(\S+)", out)
+    if match is None:
+        raise RuntimeError(f"cannot find espeak-ng's data folder in {out!r}")
+    return Path(match.group(1))
+
+
+def accent_file(rng: random.Random, index: int, variant_lines: list[str]) -> str:
+    """The text of one assembled espeak-ng voice file (see :data:`ACCENT_PHONEMES`)."""
+    lines = [f"name glottis accent {index}", f"language en-x-glottis{index:03d}", "language en 20",
+             f"phonemes {rng.choice(ACCENT_PHONEMES)}"]
+    rules = rng.choice(ACCENT_DICTRULES)
+    if rules:
+        lines.append(f"dictrules {rules}")
+    stress = rng.choice(ACCENT_STRESS)
+    if stress:
+        lines.append(f"stressLength {stress}")
+    lines += [f"replace {r}" for r in rng.sample(ACCENT_REPLACE, rng.randint(1, 4))]
+    tract = rng.uniform(0.88, 1.12)
+    formants = {}
+    for line in variant_lines:
+        parts = line.split()
+        if parts and parts[0] == "formant" and len(parts) == 5:
+            formants[int(parts[1])] = [int(p) for p in parts[2:]]
+        elif parts and parts[0] not in ("language", "name", "gender"):
+            lines.append(" ".join(parts))
+    for k in range(1, 6):
+        freq, height, width = formants.get(k, [100, 100, 100])
+        freq = round(freq * tract * rng.uniform(0.97, 1.03))
+        lines.append(f"formant {k} {freq} {height} {width}")
+    lines += [f"formant {k} {' '.join(map(str, v))}" for k, v in sorted(formants.items()) if not 1 <= k <= 5]
+    return "\n".join(lines) + "\n"
+
+
+def write_accent_root(root: Path, count: int = ACCENT_VOICES, seed: int = 3) -> list[tuple[str, str]]:
+    """An espeak-ng data folder at ``root/espeak-ng-data`` (links to the system one) with ``count``
+    assembled accents in ``lang/glottis``. Returns ``(voice name, variant)`` pairs; the same ``seed`` always
+    writes the same files."""
+    system = espeak_data_dir()
+    data = root / "espeak-ng-data"
+    (data / "lang").mkdir(parents=True, exist_ok=True)
+    for entry in system.iterdir():
+        link = data / entry.name if entry.name != "lang" else None
+        if link is not None and not link.exists():
+            link.symlink_to(entry)
+    # Only the English (West Germanic) voices: espeak-ng lists at most 349 voices, all languages come to 250.
+    if not (data / "lang" / "gmw").exists():
+        (data / "lang" / "gmw").symlink_to(system / "lang" / "gmw")
+    rng = random.Random(seed)
+    pool = [v for v in ESPEAK_VARIANTS["train"] + ESPEAK_EXTRA_VARIANTS if (system / "voices" / "!v" / v).is_file()]
+    accents = []
+    for i in range(count):
+        variant = pool[i % len(pool)]
+        variant_path = system / "voices" / "!v" / variant
+        variant_lines = variant_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        write_lines(data / "lang" / "glottis" / f"en-x-glottis{i:03d}",
+                    accent_file(rng, i, variant_lines).splitlines())
+        accents.append((f"en-x-glottis{i:03d}", variant))
+    return accents
+
+
+def accent_voices(data_dir: Path, seed: int = 3) -> list[Voice]:
+    """The ``accents`` stage's voices, one per assembled accent, each at its own pitch and speed."""
+    root = data_dir / "espeak-ng"
+    rng = random.Random(seed)
+    voices = []
+    for name, variant in write_accent_root(root, seed=seed):
+        pitch, speed = rng.choice([35, 45, 50, 55, 65]), rng.choice([140, 160, 175, 190])
+        accent = name.removeprefix("en-x-")
+        voices.append(Voice(name=f"espeak-{accent}-{variant}-p{pitch}-s{speed}", engine="espeak-ng",
+                            speaker=f"espeak-{accent}", split="train",
+                            args=(name, str(pitch), str(speed), str(root))))
+    return voices
+
+
 def candidate_voices(seed: int = 0) -> list[Voice]:
     """Every espeak accent x variant (with a pitch/speed setting each) plus the flite and festival voices."""
     rng = random.Random(seed)
@@ -274,9 +376,10 @@ def _festival_script(voice: Voice, items: list[tuple[str, Path]]) -> str:
 def synthesize_raw(voice: Voice, items: list[tuple[str, Path]]) -> None:
     """Synthesise each ``(text, wav_path)`` at the engine's native rate. Raises on engine failure."""
     if voice.engine == "espeak-ng":
-        name, pitch, speed = voice.args
+        name, pitch, speed, *data_root = voice.args  # data_root: an espeak-ng --path (the accents stage)
+        path_args = ["--path", data_root[0]] if data_root else []
         for text, path in items:
-            cmd = ["espeak-ng", "-v", name, "-p", pitch, "-s", speed, "-w", str(path), text]
+            cmd = ["espeak-ng", *path_args, "-v", name, "-p", pitch, "-s", speed, "-w", str(path), text]
             subprocess.run(cmd, check=True, capture_output=True)
     elif voice.engine == "flite":
         for text, path in items:
@@ -562,7 +665,7 @@ def build(data_dir: Path, hours: float, tts_hours: float, jobs: int) -> None:
 class ExtraSet:
     """An optional stage of training voices added after ``build``, with its own manifest."""
 
-    voices: Callable[[], list[Voice]]
+    voices: Callable[[Path], list[Voice]]  # from the corpus folder
     hours: float  # default planned hours
     prefix: str  # utterance ids: f"{prefix}_{index:06d}"
     seed: int  # shuffles the train-pool sentences
@@ -570,8 +673,9 @@ class ExtraSet:
 
 
 EXTRA_SETS = {
-    "extra": ExtraSet(extra_voices, EXTRA_HOURS, "trainx", seed=1, strict=True),
-    "variants": ExtraSet(variant_voices, VARIANTS_HOURS, "trainv", seed=2, strict=False),
+    "extra": ExtraSet(lambda _: extra_voices(), EXTRA_HOURS, "trainx", seed=1, strict=True),
+    "variants": ExtraSet(lambda _: variant_voices(), VARIANTS_HOURS, "trainv", seed=2, strict=False),
+    "accents": ExtraSet(accent_voices, ACCENTS_HOURS, "traina", seed=3, strict=False),
 }
 
 
@@ -584,7 +688,7 @@ def plan_extra_jobs(data_dir: Path, hours: float, chunk: int = 40, name: str = "
     sentences = read_sentences(data_dir)["train"]
     rng.shuffle(sentences)
     voices, digests = [], set()
-    for voice in extra.voices():
+    for voice in extra.voices(data_dir):
         result = probe_voice(voice)
         if result is None:
             if extra.strict:

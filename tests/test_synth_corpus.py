@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import subprocess
 from dataclasses import asdict
 
 import pytest
@@ -128,7 +129,7 @@ def test_variant_voices_are_unused_variants_in_training_accents():
 def test_variants_stage_writes_its_own_manifest(tiny_corpus, monkeypatch):
     voices = sc.variant_voices()[:3]
     twin = sc.Voice(**{**asdict(voices[0]), "name": "espeak-twin"})  # sounds exactly like voices[0]
-    variants = sc.ExtraSet(lambda: [*voices, twin], 1.0, "trainv", seed=2, strict=False)
+    variants = sc.ExtraSet(lambda _: [*voices, twin], 1.0, "trainv", seed=2, strict=False)
     monkeypatch.setitem(sc.EXTRA_SETS, "variants", variants)
     sc.build_extra(tiny_corpus, hours=0.004, jobs=2, name="variants")
     manifests = tiny_corpus / "manifests"
@@ -138,3 +139,39 @@ def test_variants_stage_writes_its_own_manifest(tiny_corpus, monkeypatch):
     assert {r.voice for r in recs} == {v.name for v in voices}  # the twin is left out
     stats = json.loads((tiny_corpus / "variants_stats.json").read_text())
     assert stats["variants"]["utterances"] == len(recs)
+
+
+def test_accents_are_new_combinations_of_training_accent_parts(tmp_path):
+    voices = sc.accent_voices(tmp_path)
+    assert len({v.name for v in voices}) == len({v.speaker for v in voices}) == len(voices) == sc.ACCENT_VOICES
+    heldout = {v.speaker for v in sc.candidate_voices() if v.split != "train"}
+    assert all(v.split == "train" and v.speaker not in heldout for v in voices)
+    folder = tmp_path / "espeak-ng" / "espeak-ng-data" / "lang" / "glottis"
+    texts = {f.name: f.read_text() for f in folder.iterdir()}
+    for text in texts.values():
+        phonemes = next(line.split()[1] for line in text.splitlines() if line.startswith("phonemes "))
+        assert phonemes in sc.ACCENT_PHONEMES and "h NULL" not in text and "en-wm" not in text
+    sc.accent_voices(tmp_path)
+    assert {f.name: f.read_text() for f in folder.iterdir()} == texts  # the same seed writes the same files
+    # espeak-ng reads them: the assembled accents transcribe one sentence in different ways.
+    sentence = "the farmer hurried through the water with three other men"
+    spellings = set()
+    for voice in voices[:12]:
+        name, _, _, root = voice.args
+        out = subprocess.run(["espeak-ng", "--path", root, "-v", name, "-q", "-x", sentence],
+                             check=True, capture_output=True, text=True)
+        assert "Error" not in out.stderr and out.stdout.strip()
+        spellings.add(out.stdout.strip())
+    assert len(spellings) >= 4
+    probes = [sc.probe_voice(v) for v in voices[:3]]
+    assert all(p is not None for p in probes) and len({digest for _, digest in probes}) == 3
+
+
+def test_accents_stage_writes_its_own_manifest(tiny_corpus, monkeypatch):
+    accents = sc.ExtraSet(lambda data_dir: sc.accent_voices(data_dir)[:3], 1.0, "traina", seed=3, strict=False)
+    monkeypatch.setitem(sc.EXTRA_SETS, "accents", accents)
+    sc.build_extra(tiny_corpus, hours=0.004, jobs=2, name="accents")
+    recs = read_manifest(tiny_corpus / "manifests" / "train_accents.jsonl")
+    assert recs and all(r.id.startswith("traina_") and r.speaker.startswith("espeak-glottis") for r in recs)
+    meta = info(resolve_audio(tiny_corpus / "manifests" / "train_accents.jsonl", recs[0]))
+    assert meta.sample_rate == sc.ASR_SAMPLE_RATE and abs(meta.duration - recs[0].duration) < 1e-3

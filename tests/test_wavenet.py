@@ -17,7 +17,7 @@ from audio.cli import main as glottis
 from audio.config import load_config
 from audio.training import CheckpointManager
 from tts.vocode import Vocoder, load_vocoder
-from tts.vocoder_train import VocoderConfig, WindowCorpus, build_model
+from tts.vocoder_train import VocoderConfig, WindowCorpus, add_input_noise, build_model
 from tts.vocoder_train import main as train_main
 from tts.wavenet import FastGenerator, WaveNet, WaveNetConfig, mu_law_decode, mu_law_encode
 from tts.wavenet_bundle import export_vocoder
@@ -256,6 +256,30 @@ def test_resume_continues_exactly_and_a_finished_run_is_a_no_op(corpus, trained,
     mtime = (tmp_path / "final.pt").stat().st_mtime_ns
     assert train_main(args) == 0
     assert (tmp_path / "final.pt").stat().st_mtime_ns == mtime
+
+
+def test_input_noise_moves_each_class_by_at_most_its_amount():
+    generator = torch.Generator().manual_seed(0)
+    classes = torch.cat([torch.zeros(500, dtype=torch.long), torch.full((500,), 255), torch.randint(0, 256, (1000,))])
+    noisy = add_input_noise(classes, 3, 256, generator)
+    moved = noisy - classes
+    assert moved.abs().max() == 3 and noisy.min() == 0 and noisy.max() == 255  # clamped at both ends
+    assert 0.75 < (moved[1000:] != 0).float().mean() < 0.95  # 6 of 7 offsets are not zero
+    assert abs(moved[1000:].float().mean()) < 0.2  # no bias
+    assert add_input_noise(classes, 0, 256, generator) is classes
+
+
+def test_training_with_input_noise_keeps_the_dev_loss_clean(corpus, trained, tmp_path):
+    args = ["--config", str(TINY), "--exp-dir", str(tmp_path), "--train", str(corpus / "train.jsonl"),
+            "--dev", str(corpus / "dev.jsonl"), "--no-progress", "--set", "train.input_noise=4"]
+    assert train_main(args) == 0
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    noisy_train = [r["value"] for r in rows if r["name"] == "train/loss"]
+    clean = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    clean_train = [r["value"] for r in clean if r["name"] == "train/loss"]
+    # Same seed and windows: only the inputs differ, and noisy inputs make the targets harder to predict.
+    assert noisy_train[-1] > clean_train[-1]
+    assert load_config(VocoderConfig, tmp_path / "config.yaml").train.input_noise == 4
 
 
 # --- bundle and command line ----------------------------------------------------------------------

@@ -55,6 +55,7 @@ __all__ = [
     "build_model",
     "model_metadata",
     "window_loss",
+    "add_input_noise",
     "train",
     "main",
 ]
@@ -80,6 +81,11 @@ class VocoderTrainConfig:
     dev_max_utterances: int = 16
     dev_windows: int = 32  # fixed dev windows for the dev loss
     dev_sample_seconds: float = 0.5  # audio generated at each evaluation (costs about that much CPU time)
+    # Noise injection (as LPCNet): every training input class moves by a uniform integer offset in
+    # [-input_noise, input_noise]. At generation the network reads its own samples, not the recording's, so
+    # a network trained only on clean inputs leans on them more than on the mel and drifts; the targets and
+    # the dev loss stay clean. 0: off.
+    input_noise: int = 0
 
 
 @dataclass(frozen=True)
@@ -176,6 +182,18 @@ class WindowCorpus:
         frames = (torch.rand(batch, generator=generator) * (self.starts[utts] + 1)).long()
         items = [self.window_at(int(u), int(f)) for u, f in zip(utts, frames, strict=True)]
         return {k: torch.stack([it[i] for it in items]) for i, k in enumerate(("inputs", "targets", "mel"))}
+
+
+def add_input_noise(
+    inputs: torch.Tensor, amount: int, n_classes: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """``inputs`` mu-law classes, each moved by a uniform integer in ``[-amount, amount]`` (clamped). The
+    trainer draws from torch's global generator (saved in each checkpoint), so the windows it samples are the
+    same with and without noise."""
+    if amount <= 0:
+        return inputs
+    offsets = torch.randint(-amount, amount + 1, inputs.shape, generator=generator)
+    return (inputs + offsets).clamp(0, n_classes - 1)
 
 
 def window_loss(model: WaveNet, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
@@ -309,6 +327,7 @@ def train(cfg: VocoderConfig, args: argparse.Namespace) -> Path:
     t_start, steps_this_run = time.time(), 0
     while step < last_step:
         batch = corpus.sample(cfg.train.batch_size, windows)
+        batch["inputs"] = add_input_noise(batch["inputs"], cfg.train.input_noise, cfg.model.n_classes)
         loss = window_loss(model, batch, device)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
