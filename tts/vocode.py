@@ -62,6 +62,7 @@ class LoadedVocoder:
     scale: SpectrogramScale
     source: Path
     step: int
+    temperature: float  # the sampling temperature the model was scored with (a bundle's default)
 
 
 def is_vocoder_bundle(path: str | os.PathLike) -> bool:
@@ -80,6 +81,7 @@ def _build(config: dict, state: dict[str, torch.Tensor], where: Path) -> LoadedV
         scale=from_dict(SpectrogramScale, config["scale"], where=f"{where}:scale"),
         source=where,
         step=int(config.get("step", 0)),
+        temperature=float(config.get("sampling", {}).get("temperature", 1.0)),
     )
 
 
@@ -110,15 +112,24 @@ class Vocoder:
     Args:
         model: a vocoder folder or checkpoint (default: the bundled vocoder).
         seed: seeds the sampling, so output is reproducible.
-        temperature: divides the logits before sampling (1.0: the model's distribution).
+        temperature: divides the logits before sampling (1.0: the model's distribution). ``None`` takes
+            the bundle's own (the one it was tuned and scored with; 1.0 for a training checkpoint).
     """
 
-    def __init__(self, model: str | os.PathLike | None = None, *, seed: int = 0, temperature: float = 1.0):
+    def __init__(
+        self,
+        model: str | os.PathLike | None = None,
+        *,
+        seed: int = 0,
+        temperature: float | None = None,
+    ):
         self.loaded = load_vocoder(model)
         self.generator = FastGenerator(self.loaded.model)
         self.extractor = TargetExtractor(self.loaded.feature_config, self.loaded.scale)
         self.seed = seed
-        self.temperature = temperature
+        self.temperature = self.loaded.temperature if temperature is None else float(temperature)
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be positive, not {self.temperature}")
 
     @property
     def sample_rate(self) -> int:
@@ -198,11 +209,15 @@ def main(argv: list[str] | None = None, prog: str = "glottis vocode") -> int:
     parser.add_argument("-o", "--output", required=True, help="wav file to write")
     parser.add_argument("--model", help=f"vocoder folder or checkpoint (default: {DEFAULT_VOCODER_DIR})")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
-    parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of the sampling")
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        help="softmax temperature of the sampling (default: the model's own, 1.0 for a checkpoint)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.temperature <= 0:
+    if args.temperature is not None and args.temperature <= 0:
         print(f"{prog}: error: --temperature must be positive", file=sys.stderr)
         return 2
     set_threads(args.threads)

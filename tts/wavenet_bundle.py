@@ -3,7 +3,7 @@
     model_dir/
       model.safetensors   weights, fp16 (generation runs in fp32: they are widened on load)
       config.yaml         {format, name, model_config, feature_config, scale, step, parameters, fp16_check,
-                           training_config}
+                           sampling: {temperature}, training_config}
       MODEL_CARD.md       what it is, how it was trained, how it scores
 
 ``python -m tts.wavenet_bundle --checkpoint exp/vocoder_wavenet/final.pt --out DIR [--scores scores.json]``
@@ -71,6 +71,9 @@ def model_card(config: dict, scores: dict | None = None, notes: str | None = Non
         f"- Training: {config.get('step', 0)} steps of {train.get('batch_size', '?')} random windows of "
         f"{train.get('window_frames', '?')} frames, on one CPU thread, on the single-voice subset (festival "
         "slt HTS voice) of the synthetic `recipes/synth_en` corpus.",
+        f"- Sampling: softmax temperature {config.get('sampling', {}).get('temperature', 1.0)}, the default of "
+        "`glottis vocode` and `glottis synthesize --vocoder wavenet` with this model (`--temperature` overrides "
+        "it in `glottis vocode`).",
         "",
         "Use: `glottis vocode speech.wav -o copy.wav`, `glottis vocode mel.npy -o out.wav`, "
         '`glottis synthesize "Hello." -o hello.wav --vocoder wavenet`, or `from tts.vocode import Vocoder`.',
@@ -108,7 +111,9 @@ def export_vocoder(
     scores: str | os.PathLike | None = None,
     notes: str | None = None,
 ) -> Path:
-    """Write a vocoder folder from a training checkpoint. Returns the folder."""
+    """Write a vocoder folder from a training checkpoint. Returns the folder. Its sampling temperature (the
+    default of :class:`tts.vocode.Vocoder` with it) is the one ``scores`` were measured with, else 1.0."""
+    score_data = json.loads(Path(scores).read_text(encoding="utf-8")) if scores else None
     state = CheckpointManager.load(checkpoint)
     loaded = _build(state, state["model"], Path(checkpoint))
     out = Path(out_dir)
@@ -125,10 +130,10 @@ def export_vocoder(
         "step": int(state.get("step", 0)),
         "parameters": sum(p.numel() for p in loaded.model.parameters()),
         "fp16_check": _fp16_check(loaded.model, loaded.feature_config.n_mels),
+        "sampling": {"temperature": float((score_data or {}).get("settings", {}).get("temperature", 1.0))},
         "training_config": state.get("config", {}),
     }
     write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
-    score_data = json.loads(Path(scores).read_text(encoding="utf-8")) if scores else None
     write_text(out / "MODEL_CARD.md", model_card(config, score_data, notes))
     log.info("wrote %s (%.2f MB)", out, sum(p.stat().st_size for p in out.iterdir()) / 1e6)
     return out
