@@ -311,12 +311,17 @@ def test_bundle_round_trip(trained, bundle):
     assert 0 < (a - b).abs().max() < 0.05  # fp16 rounding only
 
 
-def test_bundle_keeps_the_temperature_it_was_scored_with(trained, tmp_path):
+def test_bundle_keeps_its_temperature_and_card_command(trained, tmp_path):
     scores = tmp_path / "scores.json"
     systems = {"wavenet": {"mcd_db": 9.0, "real_time_factor": 0.4}, "griffin-lim": {"mcd_db": 5.0, "real_time_factor": 0.1}}
     scores.write_text(json.dumps({"systems": systems, "settings": {"temperature": 0.7}}))
-    folder = export_vocoder(trained / "final.pt", tmp_path / "scored", scores=scores)
-    assert Vocoder(folder).temperature == 0.7 and "temperature 0.7" in (folder / "MODEL_CARD.md").read_text()
+    command = "make -C recipes/synth_en vocoder && make -C recipes/synth_en vocoder VOC_EXP=exp/second"
+    folder = export_vocoder(
+        trained / "final.pt", tmp_path / "scored", scores=scores, command=command, config_path="configs/x.yaml"
+    )
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert Vocoder(folder).temperature == 0.7 and "temperature 0.7" in card
+    assert f"    {command}\n" in card and "Config: `configs/x.yaml`" in card
     assert Vocoder(folder, temperature=1.2).temperature == 1.2
     assert Vocoder(trained / "final.pt").temperature == 1.0  # a checkpoint has no tuned temperature
     with pytest.raises(ValueError, match="temperature"):

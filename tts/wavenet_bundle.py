@@ -47,7 +47,18 @@ def _fp16_check(model, n_mels: int) -> dict:
     return {"mean_abs_logit_change": float((a - b).abs().mean()), "cross_entropy_change": abs(ce[1] - ce[0])}
 
 
-def model_card(config: dict, scores: dict | None = None, notes: str | None = None) -> str:
+DEFAULT_COMMAND = "make setup && make -C recipes/synth_en data vocoder vocoder-bundle"
+DEFAULT_CONFIG = "configs/tts/wavenet.yaml"
+
+
+def model_card(
+    config: dict,
+    scores: dict | None = None,
+    notes: str | None = None,
+    *,
+    command: str = DEFAULT_COMMAND,
+    config_path: str = DEFAULT_CONFIG,
+) -> str:
     """MODEL_CARD.md text from a bundle's config (and the recipe's scores.json, if given)."""
     m, f = config["model_config"], config["feature_config"]
     train = config.get("training_config", {}).get("train", {})
@@ -70,7 +81,8 @@ def model_card(config: dict, scores: dict | None = None, notes: str | None = Non
         "so Tacotron's predicted mel can be vocoded directly.",
         f"- Training: {config.get('step', 0)} steps of {train.get('batch_size', '?')} random windows of "
         f"{train.get('window_frames', '?')} frames, on one CPU thread, on the single-voice subset (festival "
-        "slt HTS voice) of the synthetic `recipes/synth_en` corpus.",
+        "slt HTS voice) of the synthetic `recipes/synth_en` corpus"
+        + (f", starting from the weights of `{config['init']}`." if config.get("init") else "."),
         f"- Sampling: softmax temperature {config.get('sampling', {}).get('temperature', 1.0)}, the default of "
         "`glottis vocode` and `glottis synthesize --vocoder wavenet` with this model (`--temperature` overrides "
         "it in `glottis vocode`).",
@@ -89,15 +101,15 @@ def model_card(config: dict, scores: dict | None = None, notes: str | None = Non
             lines.append(f"| (recordings) | 0 | {100 * scores['reference_cer']:.1f}% | |")
         lines.append("")
     lines += [
-        "Limitations: one voice (a synthetic one); trained for about an hour on one CPU core, so the output "
+        "Limitations: one voice (a synthetic one); trained for a few hours on one CPU core, so the output "
         "keeps a noise floor that a longer training would lower; sampling is random (seeded) and a "
         "softmax over 256 levels limits the dynamic range to that of 8-bit mu-law.",
         "",
         "## How it was made",
         "",
-        "    make setup && make -C recipes/synth_en data vocoder vocoder-bundle",
+        f"    {command}",
         "",
-        "Config: `configs/tts/wavenet.yaml` (also in `config.yaml`).",
+        f"Config: `{config_path}` (also in `config.yaml`).",
     ]
     if notes:
         lines += ["", notes]
@@ -110,6 +122,8 @@ def export_vocoder(
     *,
     scores: str | os.PathLike | None = None,
     notes: str | None = None,
+    command: str = DEFAULT_COMMAND,
+    config_path: str = DEFAULT_CONFIG,
 ) -> Path:
     """Write a vocoder folder from a training checkpoint. Returns the folder. Its sampling temperature (the
     default of :class:`tts.vocode.Vocoder` with it) is the one ``scores`` were measured with, else 1.0."""
@@ -131,10 +145,12 @@ def export_vocoder(
         "parameters": sum(p.numel() for p in loaded.model.parameters()),
         "fp16_check": _fp16_check(loaded.model, loaded.feature_config.n_mels),
         "sampling": {"temperature": float((score_data or {}).get("settings", {}).get("temperature", 1.0))},
+        "init": state.get("init"),
         "training_config": state.get("config", {}),
     }
     write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
-    write_text(out / "MODEL_CARD.md", model_card(config, score_data, notes))
+    card = model_card(config, score_data, notes, command=command, config_path=config_path)
+    write_text(out / "MODEL_CARD.md", card)
     log.info("wrote %s (%.2f MB)", out, sum(p.stat().st_size for p in out.iterdir()) / 1e6)
     return out
 
@@ -149,9 +165,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="model folder to write")
     parser.add_argument("--scores", help="the recipe's scores.json, quoted in the model card")
     parser.add_argument("--notes", help="free text for the model card (wall time, caveats)")
+    parser.add_argument("--command", default=DEFAULT_COMMAND, help="the exact commands that made the model")
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="the training config, as the card names it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    export_vocoder(args.checkpoint, args.out, scores=args.scores, notes=args.notes)
+    export_vocoder(
+        args.checkpoint,
+        args.out,
+        scores=args.scores,
+        notes=args.notes,
+        command=args.command,
+        config_path=args.config,
+    )
     return 0
 
 

@@ -41,7 +41,9 @@ $(VOC_EXP)/RESULTS.md: $(VOC_EXP)/scores.json
 	$(PYTHON) -m tts.vocoder_evaluate report --scores $< --out $@
 
 # Refresh the vocoder shipped inside the package (fp16, model card with the scores).
+# A stage trained from another model (--init) passes the whole chain as VOC_CARD_COMMAND.
 VOC_CARD_NOTES ?=
+VOC_CARD_COMMAND ?= make setup && make -C recipes/synth_en data vocoder vocoder-bundle
 vocoder-bundle: $(VOC_EXP)/scores.json
 	$(PYTHON) -m tts.wavenet_bundle --checkpoint $(VOC_EXP)/final.pt --out $(VOC_BUNDLE) --scores $< \
-	  --notes "$(VOC_CARD_NOTES)"
+	  --config configs/tts/$(notdir $(VOC_CONFIG)) --command "$(VOC_CARD_COMMAND)" --notes "$(VOC_CARD_NOTES)"
