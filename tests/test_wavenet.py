@@ -20,7 +20,7 @@ from tts.vocode import Vocoder, load_vocoder
 from tts.vocoder_train import VocoderConfig, WindowCorpus, add_input_noise, build_model
 from tts.vocoder_train import main as train_main
 from tts.wavenet import FastGenerator, WaveNet, WaveNetConfig, mu_law_decode, mu_law_encode
-from tts.wavenet_bundle import export_vocoder
+from tts.wavenet_bundle import _init_text, export_vocoder
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tts" / "wavenet_tiny.yaml"
@@ -309,6 +309,12 @@ def test_bundle_round_trip(trained, bundle):
     with torch.no_grad():
         a, b = from_bundle.model(inputs, mel), from_checkpoint.model(inputs, mel)
     assert 0 < (a - b).abs().max() < 0.05  # fp16 rounding only
+
+
+def test_card_names_the_init_weights_without_pointing_at_itself(tmp_path):
+    assert _init_text(str(tmp_path / "bundle"), tmp_path / "bundle").endswith("before this one (see How it was made)")
+    assert _init_text("tts/pretrained/other", tmp_path / "bundle") == "`tts/pretrained/other`"
+    assert _init_text(None, tmp_path / "bundle") is None
 
 
 def test_bundle_keeps_its_temperature_and_card_command(trained, tmp_path):

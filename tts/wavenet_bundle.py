@@ -51,6 +51,17 @@ DEFAULT_COMMAND = "make setup && make -C recipes/synth_en data vocoder vocoder-b
 DEFAULT_CONFIG = "configs/tts/wavenet.yaml"
 
 
+def _init_text(init: str | None, out: Path) -> str | None:
+    """How the card names the ``--init`` weights: a stage trained from the bundle it then replaces would
+    otherwise point at itself."""
+    if not init:
+        return None
+    root = Path(__file__).resolve().parents[1]
+    if (root / init).resolve() == out.resolve():
+        return f"the model bundled in `{init}` before this one (see How it was made)"
+    return f"`{init}`"
+
+
 def model_card(
     config: dict,
     scores: dict | None = None,
@@ -58,6 +69,7 @@ def model_card(
     *,
     command: str = DEFAULT_COMMAND,
     config_path: str = DEFAULT_CONFIG,
+    init_text: str | None = None,
 ) -> str:
     """MODEL_CARD.md text from a bundle's config (and the recipe's scores.json, if given)."""
     m, f = config["model_config"], config["feature_config"]
@@ -82,7 +94,7 @@ def model_card(
         f"- Training: {config.get('step', 0)} steps of {train.get('batch_size', '?')} random windows of "
         f"{train.get('window_frames', '?')} frames, on one CPU thread, on the single-voice subset (festival "
         "slt HTS voice) of the synthetic `recipes/synth_en` corpus"
-        + (f", starting from the weights of `{config['init']}`." if config.get("init") else "."),
+        + (f", starting from the weights of {init_text}." if init_text else "."),
         f"- Sampling: softmax temperature {config.get('sampling', {}).get('temperature', 1.0)}, the default of "
         "`glottis vocode` and `glottis synthesize --vocoder wavenet` with this model (`--temperature` overrides "
         "it in `glottis vocode`).",
@@ -149,7 +161,14 @@ def export_vocoder(
         "training_config": state.get("config", {}),
     }
     write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
-    card = model_card(config, score_data, notes, command=command, config_path=config_path)
+    card = model_card(
+        config,
+        score_data,
+        notes,
+        command=command,
+        config_path=config_path,
+        init_text=_init_text(config["init"], out),
+    )
     write_text(out / "MODEL_CARD.md", card)
     log.info("wrote %s (%.2f MB)", out, sum(p.stat().st_size for p in out.iterdir()) / 1e6)
     return out
