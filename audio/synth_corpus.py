@@ -232,9 +232,14 @@ def extra_voices() -> list[Voice]:
     return voices
 
 
+def espeak_pitch_speed(rng: random.Random) -> tuple[int, int]:
+    """An espeak-ng pitch (-p) and speed (-s) drawn from ``rng``, pitch first."""
+    return rng.choice([35, 45, 50, 55, 65]), rng.choice([140, 160, 175, 190])
+
+
 def espeak_voice(rng: random.Random, accent: str, variant: str, split: str) -> Voice:
-    """An espeak-ng accent+variant at a pitch and speed drawn from ``rng`` (pitch first, then speed)."""
-    pitch, speed = rng.choice([35, 45, 50, 55, 65]), rng.choice([140, 160, 175, 190])
+    """An espeak-ng accent+variant at a pitch and speed drawn from ``rng`` (:func:`espeak_pitch_speed`)."""
+    pitch, speed = espeak_pitch_speed(rng)
     return Voice(name=f"espeak-{accent}+{variant}-p{pitch}-s{speed}", engine="espeak-ng",
                  speaker=f"espeak-{accent}+{variant}", split=split,
                  args=(f"{accent}+{variant}", str(pitch), str(speed)))
@@ -312,9 +317,8 @@ def write_accent_root(root: Path, count: int = ACCENT_VOICES, seed: int = 3) -> 
     data = root / "espeak-ng-data"
     (data / "lang").mkdir(parents=True, exist_ok=True)
     for entry in system.iterdir():
-        link = data / entry.name if entry.name != "lang" else None
-        if link is not None and not link.exists():
-            link.symlink_to(entry)
+        if entry.name != "lang" and not (data / entry.name).exists():
+            (data / entry.name).symlink_to(entry)
     # Only the English (West Germanic) voices: espeak-ng lists at most 349 voices, all languages come to 250.
     if not (data / "lang" / "gmw").exists():
         (data / "lang" / "gmw").symlink_to(system / "lang" / "gmw")
@@ -337,7 +341,7 @@ def accent_voices(data_dir: Path, seed: int = 3) -> list[Voice]:
     rng = random.Random(seed)
     voices = []
     for name, variant in write_accent_root(root, seed=seed):
-        pitch, speed = rng.choice([35, 45, 50, 55, 65]), rng.choice([140, 160, 175, 190])
+        pitch, speed = espeak_pitch_speed(rng)
         accent = name.removeprefix("en-x-")
         voices.append(Voice(name=f"espeak-{accent}-{variant}-p{pitch}-s{speed}", engine="espeak-ng",
                             speaker=f"espeak-{accent}", split="train",

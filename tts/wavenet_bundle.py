@@ -24,7 +24,7 @@ import yaml
 from safetensors.torch import save_file
 
 from audio.atomic import atomic_path, write_text
-from audio.training import CheckpointManager
+from audio.training import CheckpointManager, init_label
 from tts.vocode import FORMAT, _build
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,7 @@ def _init_text(init: str | None, out: Path) -> str | None:
     otherwise point at itself."""
     if not init:
         return None
-    root = Path(__file__).resolve().parents[1]
-    if (root / init).resolve() == out.resolve():
+    if init == init_label(out):  # labelled the way the trainer labels --init
         return f"the model bundled in `{init}` before this one (see How it was made)"
     return f"`{init}`"
 
