@@ -29,6 +29,8 @@ W2V_THREADS ?= 1
 # From scratch nothing is worth keeping frozen, and the body needs the head's learning rate.
 W2V_SCRATCH_ARGS ?= --set finetune.freeze_feature_encoder_steps=0 --set finetune.freeze_body_steps=0 \
   --set finetune.body_lr=0.0005
+# Extra pretraining arguments, e.g. --set pretrain.total_steps=3600.
+W2V_PT_ARGS ?=
 # Extra fine-tuning arguments for the pretrained model (none: the config's own settings). In
 # wav2vec2_logmel.yaml those equal W2V_SCRATCH_ARGS, so the two wav2vec 2.0 runs differ only in their
 # initial weights; wav2vec2_small.yaml keeps the pretrained conv encoder frozen.
@@ -62,7 +64,7 @@ $(W2V_SUBSET): $(DATA)/stats.json | $(W2V_EXP)/started
 # 1. Pretraining: all the training audio, no transcripts.
 $(W2V_PT)/final/glottis.json: $(DATA)/stats.json $(W2V_CONFIG) | $(W2V_EXP)/started
 	$(PYTHON) -m asr.wav2vec2_pretrain --config $(W2V_CONFIG) --exp-dir $(W2V_PT) \
-	  --train $(W2V_MANIFESTS)/train.jsonl --dev $(W2V_MANIFESTS)/dev.jsonl --threads $(W2V_THREADS)
+	  --train $(W2V_MANIFESTS)/train.jsonl --dev $(W2V_MANIFESTS)/dev.jsonl --threads $(W2V_THREADS) $(W2V_PT_ARGS)
 
 # 2. Fine-tuning the pretrained model on the hour.
 $(W2V_FT)/final/glottis.json: $(W2V_PT)/final/glottis.json $(W2V_SUBSET) $(ASR_EXP)/tokenizer.json
