@@ -11,10 +11,10 @@
 # resumes from its newest checkpoint, so an interrupted run continues where it stopped.
 #
 # Budget (one thread per lane, measured 2026-12-01 with the other core busy; configs/asr/wav2vec2_logmel.yaml):
-#   lane 1: pretraining 2400 x ~2.0 s = ~80 min, fine-tuning 2000 x ~1.3 s = ~45 min, tune + score ~2 min
+#   lane 1: pretraining 2400 x ~2.0 s = ~80 min, fine-tuning 2000 x ~1.55 s = ~52 min, tune + score ~1 min
 #   lane 2: subset, stats, LM ~1 min; Conv1D+BiLSTM 1500 x 0.8 s = ~20 min; wav2vec 2.0 from scratch
-#           2000 x ~1.3 s = ~45 min; tune + score ~2 x 1 min
-# about 2.1 h of wall time on 2 free cores, within the 3 h target. The conv-encoder model of
+#           2000 x ~1.45 s = ~49 min; tune + score ~2 x 1 min
+# 2.2 h for the longer lane (session 14), within the 3 h target. The conv-encoder model of
 # configs/asr/wav2vec2_small.yaml (W2V_CONFIG=...) is ~4x slower per step and far less accurate.
 W2V_CONFIG ?= $(ROOT)/configs/asr/wav2vec2_logmel.yaml
 W2V_EXP ?= exp/wav2vec2
