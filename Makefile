@@ -2,7 +2,9 @@
 SHELL := /bin/bash
 PYTHON := .venv/bin/python
 STAMP := .venv/.glottis-setup-stamp
-APT_PACKAGES := espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts ffmpeg sox wordnet-base
+# Debian packages, one per line: the synthesisers that build the corpora (the festvox voices beyond kal, ked
+# and slt are the `data-foreign` stage's), ffmpeg for torchcodec, sox, WordNet's text.
+APT_PACKAGES := $(shell cat apt-packages.txt)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 HOURS ?= 11.2
 
@@ -11,7 +13,7 @@ HOURS ?= 11.2
 setup: $(STAMP)
 
 # The stamp depends on the files that define the environment, so editing them reruns setup.
-$(STAMP): requirements.txt requirements-peers.txt pyproject.toml
+$(STAMP): requirements.txt requirements-peers.txt pyproject.toml apt-packages.txt
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "Installing Debian packages: $$missing"; \

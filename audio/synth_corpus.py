@@ -25,8 +25,12 @@ Stages, each a real file so ``make`` resumes an interrupted build:
    The voice files go to ``DATA/espeak-ng/``. Training has six accents and the test split two unseen ones
    (en-us-nyc, en-gb-x-gbcwmd), whose voices err twice as often as the dev voices in the seen accents;
    neither held-out accent's parts (phoneme tables en-us-nyc and en-wm, h-dropping) are used.
+7. ``foreign`` (optional, after ``build``): festival's Italian, Finnish, Czech and Hindi diphone voices
+   reading English, as ``manifests/train_foreign.jsonl``. Festival's English front end (kal) gives the
+   phones, durations and F0, each phone is mapped to the voice's nearest one (:data:`FOREIGN_PHONE_MAPS`),
+   and the voice's diphones speak them: eight new human speakers, accented, at three pitch/rate settings.
 
-Usage: ``python -m audio.synth_corpus {text,voices,build,extra,variants,accents} --data-dir DIR [--hours 10] [--jobs 2]``
+Usage: ``python -m audio.synth_corpus {text,voices,build,extra,variants,accents,foreign} --data-dir DIR [--hours 10] [--jobs 2]``
 """
 
 from __future__ import annotations
@@ -273,6 +277,140 @@ ACCENT_VOICES = 96
 ACCENTS_HOURS = 2.0
 
 
+# The ``foreign`` stage: festival's non-English diphone voices (Debian main: Italian, Finnish, Czech and
+# Hindi) reading English. Festival's English front end (the kal voice: a training speaker) gives each
+# sentence's phones, durations and F0 targets; every phone is mapped to the voice's nearest one, and the
+# voice's own diphones speak the result (a festival ``Segments`` utterance). The speech is accented, but
+# each voice is a new human vocal tract recorded as a diphone set, the same kind of voice as the unseen
+# festival ked. Phones a voice lacks map to the nearest one it has: English th/dh to t/d, for example.
+_RADIO_VOWELS = "aa ae ah ao aw ax axr ay eh er ey ih iy ow oy uh uw".split()
+_RADIO_CONSONANTS = "b ch d dh f g hh jh k l el m em n en nx ng p r s sh t th v w y z zh pau".split()
+
+
+def _phone_map(vowels: str, consonants: str) -> dict[str, tuple[str, ...]]:
+    """``vowels``/``consonants``: the target phones of :data:`_RADIO_VOWELS`/``_CONSONANTS`` in order,
+    separated by commas; a target of several phones splits the duration, and an empty one drops the phone
+    (its duration goes to the phone before)."""
+    targets = [t.split() for t in vowels.split(",")] + [t.split() for t in consonants.split(",")]
+    names = _RADIO_VOWELS + _RADIO_CONSONANTS
+    assert len(targets) == len(names), (len(targets), len(names))
+    return {name: tuple(t) for name, t in zip(names, targets, strict=True)}
+
+
+FOREIGN_PHONE_MAPS = {
+    # Italian has no /h/ (dropped) and its stressed vowels are their own phones (``a1``).
+    "italian": _phone_map("a,E,a,O,a u,e,e r,a i,E,e r,e i,i,i,o u,O i,u,u",
+                          "b,tS,d,d,f,g,,dZ,k,l,l,m,m,n,n,n,n,p,r,s,S,t,t,v,w,j,z,Z,#"),
+    "finnish": _phone_map("a:,@,a,o:,a u,e,e r,a i,e,e r,e i,i,i:,o u,o i,u,u:",
+                          "b,t S,d,d,f,g,h,d S,k,l,l,m,m,n,n,n,N,p,r,s,S,t,t,v,w,j,s,S,#"),
+    "czech": _phone_map("a:,e,a,o,a u,e,e r,a j,e,e r,e j,i,i:,o u,o j,u,u:",
+                        "b,c~,d,d,f,g,h,dz~,k,l,l,m,m,n,n,n,n,p,r,s,s~,t,t,v,u,j,z,z~,_"),
+    # Indian English: retroflex t/d, dental th/dh.
+    "hindi": _phone_map("aa,eh,a,aw,aa uh,a,a r,aa ih,ee,a r,ee,ih,iy,oo,oo ih,uh,uw",
+                        "b,ch,D,dh,f,g,h,j,k,l,l,m,m,n,n,n,n,p,r,s,sh,T,th,v,w,y,j,zh,pau"),
+}
+FOREIGN_STRESSED = {"italian": ("i", "e", "E", "a", "o", "O", "u")}  # vowels with a stressed twin ``V1``
+FOREIGN_VOICES = [
+    # festival voice function, phone map, F0 factor on the kal front end's contour (~110 Hz)
+    ("voice_pc_diphone", "italian", 1.0), ("voice_lp_diphone", "italian", 1.9),
+    ("voice_hy_fi_mv_diphone", "finnish", 1.0), ("voice_suo_fi_lj_diphone", "finnish", 1.9),
+    ("voice_czech_ph", "czech", 1.0), ("voice_czech_machac", "czech", 1.0), ("voice_czech_dita", "czech", 1.9),
+    ("voice_hindi_NSK_diphone", "hindi", 1.1),
+]
+FOREIGN_PROSODY = [(1.0, 1.0), (0.85, 1.1), (1.2, 0.9)]  # (pitch factor, duration stretch) per voice
+FOREIGN_HOURS = 2.0
+FOREIGN_FRONT_END = "voice_kal_diphone"
+
+
+def foreign_voices() -> list[Voice]:
+    """The ``foreign`` stage's voices: each foreign diphone voice at each :data:`FOREIGN_PROSODY`."""
+    voices = []
+    for function, language, base in FOREIGN_VOICES:
+        speaker = "festival-" + function.removeprefix("voice_")
+        for pitch, stretch in FOREIGN_PROSODY:
+            voices.append(Voice(name=f"{speaker}-f{pitch}-d{stretch}", engine="festival", speaker=speaker,
+                                split="train", args=(function, language, f"{base * pitch:.3f}", f"{stretch}")))
+    return voices
+
+
+_FRONT_END_SCHEME = """(define (glottis-segments text)
+  (let ((utt (eval (list 'Utterance 'Text text))))
+    (Initialize utt) (Text utt) (Token_POS utt) (Token utt) (POS utt) (Phrasify utt) (Word utt)
+    (Pauses utt) (Intonation utt) (PostLex utt) (Duration utt) (Int_Targets utt)
+    (mapcar (lambda (seg)
+              (format t "%s %f %s" (item.name seg) (item.feat seg 'end)
+                      (item.feat seg "R:SylStructure.parent.stress"))
+              (mapcar (lambda (tg) (format t " %f:%f" (item.feat tg 'pos) (item.feat tg 'f0)))
+                      (item.relation.daughters seg 'Target))
+              (format t "\\n"))
+            (utt.relation.items utt 'Segment))
+    (format t "EOU\\n")))
+"""
+
+
+def english_segments(texts: list[str]) -> list[list[tuple[str, float, bool, list[tuple[float, float]]]]]:
+    """Festival's English front end on each text: ``(phone, end s, stressed, [(time s, F0 Hz)])`` lists."""
+    script = f"({FOREIGN_FRONT_END})\n{_FRONT_END_SCHEME}" + "".join(
+        f"(glottis-segments {_scheme_string(t)})\n" for t in texts)
+    out = subprocess.run(["festival", "--pipe"], input=script, check=True, capture_output=True, text=True,
+                         timeout=3600).stdout
+    utts, cur = [], []
+    for line in out.splitlines():
+        parts = line.split()
+        if parts == ["EOU"]:
+            utts.append(cur)
+            cur = []
+        elif len(parts) >= 3 and re.fullmatch(r"[0-9.]+", parts[1]):
+            targets = [tuple(float(x) for x in p.split(":")) for p in parts[3:]]
+            cur.append((parts[0], float(parts[1]), parts[2] == "1", targets))
+    if len(utts) != len(texts):
+        raise RuntimeError(f"festival's front end returned {len(utts)} utterances for {len(texts)} texts")
+    return utts
+
+
+def foreign_segments(segments, language: str, f0_factor: float, stretch: float) -> list:
+    """Map one utterance's English segments onto a foreign voice: ``[phone, duration, [(time, F0)]]``.
+
+    A ``Segments`` utterance times each F0 target from the start of its segment, so the front end's
+    absolute times are made relative to the (sub-)phone that holds them."""
+    table, stressed = FOREIGN_PHONE_MAPS[language], FOREIGN_STRESSED.get(language, ())
+    out, start = [], 0.0
+    for name, end, is_stressed, targets in segments:
+        duration = (end - start) * stretch
+        offsets = [((t - start) * stretch, f0 * f0_factor) for t, f0 in targets]
+        start = end
+        phones = table[name]
+        if not phones:
+            if out:
+                out[-1][2] += [(out[-1][1] + t, f0) for t, f0 in offsets]
+                out[-1][1] += duration
+            continue
+        if is_stressed:
+            phones = tuple(p + "1" if p in stressed else p for p in phones)
+        part = duration / len(phones)
+        for i, phone in enumerate(phones):
+            last = i == len(phones) - 1
+            points = [(max(0.0, t - i * part), f0) for t, f0 in offsets
+                      if t >= i * part and (last or t < (i + 1) * part)]
+            out.append([phone, part, points])
+    return out
+
+
+def _scheme_string(text: str) -> str:
+    return '"' + text.replace("\\", "").replace('"', "") + '"'
+
+
+def _festival_foreign_script(voice: Voice, items: list[tuple[str, Path]]) -> str:
+    function, language, f0_factor, stretch = voice.args
+    lines = [f"({function})"]
+    for (_, path), segments in zip(items, english_segments([t for t, _ in items]), strict=True):
+        body = " ".join(f"({p} {d:.4f}" + "".join(f" ({t:.4f} {f:.1f})" for t, f in pts) + ")"
+                        for p, d, pts in foreign_segments(segments, language, float(f0_factor), float(stretch)))
+        lines.append(f"(utt.save.wave (utt.synth (eval (list 'Utterance 'Segments '({body})))) "
+                     f"{_scheme_string(str(path))} 'riff)")
+    return "\n".join(lines) + "\n"
+
+
 def espeak_data_dir() -> Path:
     """espeak-ng's data folder, as ``espeak-ng --version`` reports it."""
     out = subprocess.run(["espeak-ng", "--version"], check=True, capture_output=True, text=True).stdout
@@ -365,9 +503,9 @@ def candidate_voices(seed: int = 0) -> list[Voice]:
 
 
 def _festival_script(voice: Voice, items: list[tuple[str, Path]]) -> str:
-    def quote(text: str) -> str:
-        return '"' + text.replace("\\", "").replace('"', "") + '"'
-
+    if len(voice.args) > 1:  # a foreign voice (the ``foreign`` stage)
+        return _festival_foreign_script(voice, items)
+    quote = _scheme_string
     lines = [
         f"({voice.args[0]})",
         "(define (synth_to text file)"
@@ -680,6 +818,7 @@ EXTRA_SETS = {
     "extra": ExtraSet(lambda _: extra_voices(), EXTRA_HOURS, "trainx", seed=1, strict=True),
     "variants": ExtraSet(lambda _: variant_voices(), VARIANTS_HOURS, "trainv", seed=2, strict=False),
     "accents": ExtraSet(accent_voices, ACCENTS_HOURS, "traina", seed=3, strict=False),
+    "foreign": ExtraSet(lambda _: foreign_voices(), FOREIGN_HOURS, "trainf", seed=4, strict=False),
 }
 
 

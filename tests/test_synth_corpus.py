@@ -175,3 +175,65 @@ def test_accents_stage_writes_its_own_manifest(tiny_corpus, monkeypatch):
     assert recs and all(r.id.startswith("traina_") and r.speaker.startswith("espeak-glottis") for r in recs)
     meta = info(resolve_audio(tiny_corpus / "manifests" / "train_accents.jsonl", recs[0]))
     assert meta.sample_rate == sc.ASR_SAMPLE_RATE and abs(meta.duration - recs[0].duration) < 1e-3
+
+
+def _festival_phones(function: str) -> set[str]:
+    script = f'({function})\n(format t "%l\\n" (mapcar car (cadr (assoc (quote phones) (PhoneSet.description)))))\n'
+    out = subprocess.run(["festival", "--pipe"], input=script, check=True, capture_output=True, text=True).stdout
+    return set(out.strip().splitlines()[-1].strip("()").split())
+
+
+def _foreign_voices_missing() -> bool:
+    if not shutil.which("festival"):
+        return True
+    script = "".join(f"({function})\n" for function, _, _ in sc.FOREIGN_VOICES)
+    run = subprocess.run(["festival", "--pipe"], input=script, capture_output=True, text=True)
+    return "unbound variable" in run.stdout + run.stderr
+
+
+foreign_installed = pytest.mark.skipif(_foreign_voices_missing(),
+                                       reason="festival's foreign voices are not installed (make setup does it)")
+
+
+@foreign_installed
+def test_foreign_phone_maps_reach_phones_each_voice_has():
+    english = set(sc._RADIO_VOWELS + sc._RADIO_CONSONANTS)
+    for function, language, _ in sc.FOREIGN_VOICES:
+        table = sc.FOREIGN_PHONE_MAPS[language]
+        assert set(table) == english
+        stressed = {p + "1" for p in sc.FOREIGN_STRESSED.get(language, ())}
+        targets = {p for phones in table.values() for p in phones} | stressed
+        assert targets <= _festival_phones(function), (function, targets - _festival_phones(function))
+    voices = sc.foreign_voices()
+    heldout = {v.speaker for v in sc.candidate_voices() if v.split != "train"}
+    assert len({v.name for v in voices}) == len(voices) == len(sc.FOREIGN_VOICES) * len(sc.FOREIGN_PROSODY)
+    assert all(v.split == "train" and v.speaker not in heldout for v in voices)
+
+
+def test_foreign_segments_keep_the_timing_and_place_f0_in_its_phone():
+    # "how", with a pause: hh is dropped in Italian (its time goes to the pause), aw splits in two.
+    segments = [("pau", 0.2, False, []), ("hh", 0.3, True, [(0.25, 100.0)]),
+                ("aw", 0.5, True, [(0.32, 110.0), (0.45, 90.0)]), ("pau", 0.7, False, [])]
+    out = sc.foreign_segments(segments, "italian", f0_factor=2.0, stretch=1.5)
+    assert [p for p, _, _ in out] == ["#", "a1", "u1", "#"]
+    assert sum(d for _, d, _ in out) == pytest.approx(0.7 * 1.5)
+    assert out[0][1] == pytest.approx(0.3 * 1.5) and out[0][2] == [(pytest.approx(0.05 * 1.5 + 0.2 * 1.5), 200.0)]
+    # each target is timed from the start of the sub-phone that holds it
+    assert out[1][2] == [(pytest.approx(0.02 * 1.5), 220.0)] and out[2][2] == [(pytest.approx(0.05 * 1.5), 180.0)]
+    assert all(0 <= t <= d + 1e-9 for _, d, pts in out for t, _ in pts)
+
+
+@foreign_installed
+def test_foreign_stage_speaks_english_at_the_front_end_length(tiny_corpus, monkeypatch):
+    voices = [v for v in sc.foreign_voices() if v.name.endswith("f1.0-d1.0")][:2]
+    foreign = sc.ExtraSet(lambda _: voices, 1.0, "trainf", seed=4, strict=True)
+    monkeypatch.setitem(sc.EXTRA_SETS, "foreign", foreign)
+    sc.build_extra(tiny_corpus, hours=0.004, jobs=2, name="foreign")
+    manifest = tiny_corpus / "manifests" / "train_foreign.jsonl"
+    recs = read_manifest(manifest)
+    assert recs and {r.voice for r in recs} == {v.name for v in voices}
+    assert all(r.id.startswith("trainf_") and r.engine == "festival" for r in recs)
+    for rec in recs:
+        front_end = sc.english_segments([rec.text])[0][-1][1]  # the English utterance's length
+        meta = info(resolve_audio(manifest, rec))
+        assert meta.sample_rate == sc.ASR_SAMPLE_RATE and 0.5 * front_end < meta.duration < 1.1 * front_end
