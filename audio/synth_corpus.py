@@ -645,12 +645,12 @@ def run_job(job: Job) -> list[str]:
         raw = [(text, Path(tmp) / f"{uid}.wav") for uid, text, _ in todo]
         try:
             synthesize_raw(job.voice, raw)
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as err:
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, RuntimeError) as err:
             log.warning("%s: engine failed on a chunk (%s); retrying one by one", job.voice.name, err)
             for pair in raw:
                 try:
                     synthesize_raw(job.voice, [pair])
-                except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+                except (subprocess.CalledProcessError, subprocess.TimeoutExpired, RuntimeError):
                     pass
         for (uid, _, outs), (_, raw_path) in zip(todo, raw, strict=True):
             try:
