@@ -505,13 +505,12 @@ def candidate_voices(seed: int = 0) -> list[Voice]:
 def _festival_script(voice: Voice, items: list[tuple[str, Path]]) -> str:
     if len(voice.args) > 1:  # a foreign voice (the ``foreign`` stage)
         return _festival_foreign_script(voice, items)
-    quote = _scheme_string
     lines = [
         f"({voice.args[0]})",
         "(define (synth_to text file)"
         " (utt.save.wave (utt.synth (eval (list 'Utterance 'Text text))) file 'riff))",
     ]
-    lines += [f"(synth_to {quote(text)} {quote(str(path))})" for text, path in items]
+    lines += [f"(synth_to {_scheme_string(text)} {_scheme_string(str(path))})" for text, path in items]
     return "\n".join(lines) + "\n"
 
 

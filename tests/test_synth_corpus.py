@@ -183,19 +183,16 @@ def _festival_phones(function: str) -> set[str]:
     return set(out.strip().splitlines()[-1].strip("()").split())
 
 
-def _foreign_voices_missing() -> bool:
-    if not shutil.which("festival"):
-        return True
+@pytest.fixture(scope="module")
+def foreign_installed():
+    """Skips a test when festival's foreign voices are missing; checked once, only by the tests that need it."""
     script = "".join(f"({function})\n" for function, _, _ in sc.FOREIGN_VOICES)
     run = subprocess.run(["festival", "--pipe"], input=script, capture_output=True, text=True)
-    return "unbound variable" in run.stdout + run.stderr
+    if "unbound variable" in run.stdout + run.stderr:
+        pytest.skip("festival's foreign voices are not installed (make setup does it)")
 
 
-foreign_installed = pytest.mark.skipif(_foreign_voices_missing(),
-                                       reason="festival's foreign voices are not installed (make setup does it)")
-
-
-@foreign_installed
+@pytest.mark.usefixtures("foreign_installed")
 def test_foreign_phone_maps_reach_phones_each_voice_has():
     english = set(sc._RADIO_VOWELS + sc._RADIO_CONSONANTS)
     for function, language, _ in sc.FOREIGN_VOICES:
@@ -223,7 +220,7 @@ def test_foreign_segments_keep_the_timing_and_place_f0_in_its_phone():
     assert all(0 <= t <= d + 1e-9 for _, d, pts in out for t, _ in pts)
 
 
-@foreign_installed
+@pytest.mark.usefixtures("foreign_installed")
 def test_foreign_stage_speaks_english_at_the_front_end_length(tiny_corpus, monkeypatch):
     voices = [v for v in sc.foreign_voices() if v.name.endswith("f1.0-d1.0")][:2]
     foreign = sc.ExtraSet(lambda _: voices, 1.0, "trainf", seed=4, strict=True)
@@ -233,7 +230,7 @@ def test_foreign_stage_speaks_english_at_the_front_end_length(tiny_corpus, monke
     recs = read_manifest(manifest)
     assert recs and {r.voice for r in recs} == {v.name for v in voices}
     assert all(r.id.startswith("trainf_") and r.engine == "festival" for r in recs)
-    for rec in recs:
-        front_end = sc.english_segments([rec.text])[0][-1][1]  # the English utterance's length
+    for rec, segments in zip(recs, sc.english_segments([r.text for r in recs]), strict=True):
+        front_end = segments[-1][1]  # the English utterance's length
         meta = info(resolve_audio(manifest, rec))
         assert meta.sample_rate == sc.ASR_SAMPLE_RATE and 0.5 * front_end < meta.duration < 1.1 * front_end
