@@ -176,6 +176,17 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _provenance(state: dict, hours: float | None) -> str:
+    """The model card's sentence on how the weights came about: one training run, or a soup of several."""
+    start = f" starting from the weights of `{state['init']}`" if state.get("init") else ""
+    if state.get("soup"):
+        members = ", ".join(f"`{m}`" for m in state["soup"])
+        return (f"The weights are the mean of {len(state['soup'])} recognisers (a model soup, `python -m asr.soup`): "
+                f"{members}, each fine-tuned{start}; the first trained for {state['step']} steps. ")
+    return (f"Trained for {state['step']} steps{start}" + (f" in {hours / 60:.0f} minutes of wall time" if hours else "")
+            + f"; the exported weights average the last {state['config']['train']['average_last']} checkpoints. ")
+
+
 def cmd_card(args) -> int:
     """MODEL_CARD.md: what the model is, what it was trained on, how, how long, and how well."""
     from audio.training import CheckpointManager
@@ -208,11 +219,7 @@ def cmd_card(args) -> int:
         "The LM is a 3-gram Kneser-Ney model of the training-pool sentences only.", "",
         "## How it was made", "",
         "```sh", args.recipe.strip(), "```", "",
-        f"Trained for {state['step']} steps"
-        + (f" starting from the weights of `{state['init']}`" if state.get("init") else "")
-        + (f" in {hours / 60:.0f} minutes of wall time" if hours else "")
-        + f"; the exported weights average the last {cfg['train']['average_last']} checkpoints. "
-        f"Config: `{args.config}`. {args.notes or ''}".rstrip(), "",
+        _provenance(state, hours) + f"Config: `{args.config}`. {args.notes or ''}".rstrip(), "",
         "## Scores", "",
         "| split | greedy CER | greedy WER | LM CER | LM WER |", "|---|---|---|---|---|",
     ]
