@@ -27,8 +27,9 @@ log = logging.getLogger(__name__)
 
 __all__ = ["make_soup"]
 
-# What members must agree on, besides the weights' names and shapes (dropout may differ).
-SHARED = ("model_type", "model_config", "feature_config", "feature_stats", "tokenizer")
+# What members must agree on, besides the weights' names and shapes (dropout may differ). The feature
+# statistics are compared as the weights' buffers (feat_mean, feat_std), which are what the model uses.
+SHARED = ("model_type", "model_config", "feature_config", "tokenizer")
 
 
 def _shared(state: dict, key: str):
@@ -60,8 +61,14 @@ def make_soup(members: list[str | Path], out: str | Path) -> Path:
                 raise ValueError(f"{path}: {key} is not the same as in {paths[0]}; soup members must share it")
         if {k: v.shape for k, v in state["model"].items()} != shapes:
             raise ValueError(f"{path}: its weights' names or shapes differ from {paths[0]}'s")
+        for name in ("feat_mean", "feat_std"):
+            if name in shapes and not torch.equal(state["model"][name], first["model"][name]):
+                raise ValueError(f"{path}: its feature statistics ({name}) differ from {paths[0]}'s")
     soup = {k: v for k, v in first.items() if k not in ("optimizer", "scheduler", "sampler", "rng")}
     soup["model"] = average_state_dicts(paths)
+    if "feature_stats" in soup and "feat_mean" in soup["model"]:
+        soup["feature_stats"] = {**soup["feature_stats"], "mean": tuple(soup["model"]["feat_mean"].flatten().tolist()),
+                                 "std": tuple(soup["model"]["feat_std"].flatten().tolist())}
     soup["soup"] = [init_label(p) for p in paths]
     soup["averaged"] = soup["soup"]
     out = Path(out)

@@ -192,9 +192,10 @@ def train(cfg: ASRConfig, args: argparse.Namespace) -> Path:
         log.info("resumed from %s at step %d", latest, step)
     elif args.init:
         load_init_weights(recognizer, args.init)
-        # The init's feature statistics are buffers and come with its weights; record those.
-        stats = replace(stats, mean=tuple(recognizer.feat_mean.flatten().tolist()),
-                        std=tuple(recognizer.feat_std.flatten().tolist()))
+    # The feature statistics are buffers that come with the weights (an init's, or a resumed run's, whose
+    # own may be an init's); record those, not the --stats file's.
+    stats = replace(stats, mean=tuple(recognizer.feat_mean.flatten().tolist()),
+                    std=tuple(recognizer.feat_std.flatten().tolist()))
 
     model = DistributedDataParallel(recognizer) if world > 1 else recognizer
     use_amp = cfg.train.amp and device.type == "cuda"

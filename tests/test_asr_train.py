@@ -193,14 +193,24 @@ def test_init_starts_from_trained_weights_and_resuming_wins(asr_corpus, tiny_exp
         want = value if "feat_" in key or not value.is_floating_point() else value.half().float()
         torch.testing.assert_close(got[key], want, atol=0, rtol=0, msg=key)
 
-    # An exp folder with checkpoints resumes from them and ignores --init.
+    # An exp folder with checkpoints resumes from them and ignores --init, and --stats: the statistics it
+    # records are still its weights' (here the init's), not those of a --stats file that differs.
+    from dataclasses import replace
+
+    from audio.stats import FeatureStats
+
+    stats = FeatureStats.load(asr_corpus.stats)
+    shifted = tmp_path / "shifted_stats.json"
+    replace(stats, mean=tuple(m + 1 for m in stats.mean)).save(shifted)
+    args = train_args(asr_corpus, exp, *frozen, "train.total_steps=2") + ["--init", str(tiny_exp / "final.pt")]
+    args[args.index("--stats") + 1] = str(shifted)
     before = CheckpointManager.load(exp / "final.pt")["model"]
     with caplog.at_level(logging.INFO, logger="asr.train"):
-        assert main(train_args(asr_corpus, exp, *frozen, "train.total_steps=2")
-                    + ["--init", str(tiny_exp / "final.pt")]) == 0
+        assert main(args) == 0
     assert "resumed from" in caplog.text and "initialised" not in caplog.text
-    after = CheckpointManager.load(exp / "final.pt")["model"]
-    assert all(torch.equal(after[k], before[k]) for k in trained)  # the resumed weights, not the init's
+    after = CheckpointManager.load(exp / "final.pt")
+    assert all(torch.equal(after["model"][k], before[k]) for k in trained)  # the resumed weights, not the init's
+    assert list(after["feature_stats"]["mean"]) == pytest.approx(trained["feat_mean"].flatten().tolist())
 
 
 def test_init_from_a_different_architecture_is_an_error_naming_the_file(asr_corpus, tiny_exp, tmp_path):

@@ -54,7 +54,7 @@ def test_soup_refuses_members_that_do_not_match(tiny_exp, tmp_path, capsys):
     a = tiny_exp / "final.pt"
 
     def other_stats(state):
-        state["feature_stats"] = {**state["feature_stats"], "mean": [m + 1 for m in state["feature_stats"]["mean"]]}
+        state["model"]["feat_mean"] = state["model"]["feat_mean"] + 1
 
     def wider(state):
         state["model_config"] = {**state["model_config"], "lstm_hidden": 2 * state["model_config"]["lstm_hidden"]}
@@ -62,7 +62,7 @@ def test_soup_refuses_members_that_do_not_match(tiny_exp, tmp_path, capsys):
     def other_dropout(state):
         state["model_config"] = {**state["model_config"], "dropout": 0.5}
 
-    with pytest.raises(ValueError, match=r"stats\.pt: feature_stats"):
+    with pytest.raises(ValueError, match=r"stats\.pt: its feature statistics \(feat_mean\)"):
         soup.make_soup([a, _sibling(tiny_exp, tmp_path / "stats.pt", edit=other_stats)], tmp_path / "x.pt")
     with pytest.raises(ValueError, match=r"wide\.pt: model_config"):
         soup.make_soup([a, _sibling(tiny_exp, tmp_path / "wide.pt", edit=wider)], tmp_path / "x.pt")
@@ -75,7 +75,7 @@ def test_soup_refuses_members_that_do_not_match(tiny_exp, tmp_path, capsys):
     assert soup.main(["--out", str(tmp_path / "y.pt"), str(a), str(tmp_path / "missing.pt")]) == 2
     assert "missing.pt" in capsys.readouterr().err
     assert soup.main(["--out", str(tmp_path / "y.pt"), str(a), str(tmp_path / "stats.pt")]) == 2
-    assert "feature_stats" in capsys.readouterr().err and not (tmp_path / "y.pt").exists()
+    assert "feature statistics" in capsys.readouterr().err and not (tmp_path / "y.pt").exists()
 
 
 def test_model_card_says_a_soup_is_a_soup(tiny_exp, tmp_path):
