@@ -64,13 +64,13 @@ def make_soup(members: list[str | Path], out: str | Path) -> Path:
         for name in ("feat_mean", "feat_std"):
             if name in shapes and not torch.equal(state["model"][name], first["model"][name]):
                 raise ValueError(f"{path}: its feature statistics ({name}) differ from {paths[0]}'s")
-    soup = {k: v for k, v in first.items() if k not in ("optimizer", "scheduler", "sampler", "rng")}
+    # "averaged" named the first member's own averaged checkpoints; the soup's members are in "soup".
+    soup = {k: v for k, v in first.items() if k not in ("optimizer", "scheduler", "sampler", "rng", "averaged")}
     soup["model"] = average_state_dicts(paths)
     if "feature_stats" in soup and "feat_mean" in soup["model"]:
         soup["feature_stats"] = {**soup["feature_stats"], "mean": tuple(soup["model"]["feat_mean"].flatten().tolist()),
                                  "std": tuple(soup["model"]["feat_std"].flatten().tolist())}
     soup["soup"] = [init_label(p) for p in paths]
-    soup["averaged"] = soup["soup"]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
