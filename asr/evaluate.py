@@ -5,7 +5,9 @@
         --split dev=dev.jsonl --split test=test.jsonl --out scores.json
     python -m asr.evaluate report --scores scores.json --out RESULTS.md
 
-``M`` is a training checkpoint (``final.pt``) or a model folder.
+``M`` is a training checkpoint (``final.pt``) or a model folder. ``tune --adapt`` and ``score --adapt``
+first adapt the recogniser to each voice of a split on that voice's own audio, without its transcripts
+(``asr.adapt``).
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ import logging
 import math
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from asr.adapt import AdaptConfig, adapt_recognizer
 from asr.bundle import LoadedModel, load_recognizer
 from asr.decode import DecoderConfig, LMBeamSearchDecoder, greedy_decode, tune_lm_weights
 from asr.metrics import cer, wer
@@ -37,18 +40,14 @@ __all__ = ["manifest_log_probs", "score_split"]
 
 @torch.inference_mode()
 def manifest_log_probs(model: LoadedModel, manifest: str | Path, *, limit: int | None = None,
-                       max_seconds: float = 200.0) -> tuple[list[str], list[str], list[torch.Tensor], float]:
+                       max_seconds: float = 200.0, records: list | None = None
+                       ) -> tuple[list[str], list[str], list[torch.Tensor], float]:
     """CTC log-probs of every utterance of a manifest (transcripts the tokenizer cannot spell are left out).
 
-    Returns ``(ids, refs, log_probs [(frames, vocab)], seconds of compute)``.
+    ``records``: only these records of the manifest. Returns ``(ids, refs, log_probs [(frames, vocab)],
+    seconds of compute)``.
     """
-    records = []
-    for r in read_manifest(manifest):
-        try:
-            model.tokenizer.encode(r.text)
-        except ValueError:
-            continue
-        records.append(r)
+    records = scorable_records(model, manifest) if records is None else records
     if limit is not None and len(records) > limit:
         records = records[:: math.ceil(len(records) / limit)]
     dataset = UtteranceDataset(manifest, sample_rate=model.feature_config.sample_rate, records=records)
@@ -65,13 +64,52 @@ def manifest_log_probs(model: LoadedModel, manifest: str | Path, *, limit: int |
     return ids, refs, outputs, compute
 
 
+def scorable_records(model: LoadedModel, manifest: str | Path) -> list:
+    """The manifest's records whose transcripts the model's tokenizer can spell."""
+    records = []
+    for r in read_manifest(manifest):
+        try:
+            model.tokenizer.encode(r.text)
+        except ValueError:
+            continue
+        records.append(r)
+    return records
+
+
+def adapted_log_probs(model: LoadedModel, manifest: str | Path, cfg: AdaptConfig
+                      ) -> tuple[list[str], list[str], list[torch.Tensor], float, dict]:
+    """As ``manifest_log_probs``, each voice (or speaker) decoded by the recogniser adapted to its audio.
+
+    The compute seconds include the adaptation; the last item is the adaptation report per voice."""
+    groups: dict[str, list] = {}
+    for r in scorable_records(model, manifest):
+        groups.setdefault(r.voice or r.speaker or "", []).append(r)
+    ids, refs, outputs, compute, reports = [], [], [], 0.0, {}
+    for voice, records in tqdm(sorted(groups.items()), desc="adapting per voice", unit="voice", leave=False):
+        dataset = UtteranceDataset(manifest, sample_rate=model.feature_config.sample_rate, records=records)
+        waves = [dataset[k]["wave"] for k in range(len(dataset))]
+        adapted, report = adapt_recognizer(model.recognizer, waves, cfg)
+        reports[voice] = report
+        i, r, lp, seconds = manifest_log_probs(replace(model, recognizer=adapted), manifest, records=records)
+        ids, refs, outputs = ids + i, refs + r, outputs + lp
+        compute += seconds + report["wall_seconds"]
+    return ids, refs, outputs, compute, reports
+
+
 def _decode_all(decode, log_probs: list[torch.Tensor]) -> list[str]:
     return [decode(lp[None], torch.tensor([lp.shape[0]]))[0].text for lp in log_probs]
 
 
-def score_split(model: LoadedModel, manifest: str, lm_decoder: LMBeamSearchDecoder | None) -> dict:
-    """Greedy and LM CER/WER for one manifest, plus the acoustic model's real-time factor."""
-    ids, refs, log_probs, compute = manifest_log_probs(model, manifest)
+def score_split(model: LoadedModel, manifest: str, lm_decoder: LMBeamSearchDecoder | None,
+                adapt: AdaptConfig | None = None) -> dict:
+    """Greedy and LM CER/WER for one manifest, plus the acoustic model's real-time factor.
+
+    ``adapt``: adapt the recogniser to each voice first (the real-time factor then includes it)."""
+    reports = None
+    if adapt is None:
+        ids, refs, log_probs, compute = manifest_log_probs(model, manifest)
+    else:
+        ids, refs, log_probs, compute, reports = adapted_log_probs(model, manifest, adapt)
     records = {r.id: r for r in read_manifest(manifest)}
     audio_seconds = sum(records[i].duration for i in ids)
     greedy = _decode_all(lambda lp, n: greedy_decode(lp, n, model.tokenizer), log_probs)
@@ -91,6 +129,8 @@ def score_split(model: LoadedModel, manifest: str, lm_decoder: LMBeamSearchDecod
     result["examples"] = [dict(zip(("id", "ref", "greedy", "lm"), e, strict=False)) for e in examples]
     result["per_voice"] = per_voice_scores([records[i].voice or records[i].speaker for i in ids], refs,
                                            greedy, with_lm if lm_decoder is not None else None)
+    if reports is not None:
+        result["adaptation"] = reports
     return result
 
 
@@ -114,12 +154,16 @@ def per_voice_scores(voices: list[str], refs: list[str], greedy: list[str], with
 def cmd_tune(args) -> int:
     start = time.time()
     model = load_recognizer(args.model)
-    _, refs, log_probs, _ = manifest_log_probs(model, args.manifest, limit=args.limit)
+    if args.adapt:  # every utterance: each voice's adaptation sees all of its audio, as when scoring
+        _, refs, log_probs, _, _ = adapted_log_probs(model, args.manifest, AdaptConfig(epochs=args.adapt_epochs))
+    else:
+        _, refs, log_probs, _ = manifest_log_probs(model, args.manifest, limit=args.limit)
     weights = [float(x) for x in args.lm_weights.split(",")]
     scores = [float(x) for x in args.word_scores.split(",")]
     decoder = LMBeamSearchDecoder(model.tokenizer, lm_path=args.lm, config=DecoderConfig(beam=args.beam))
     best, table = tune_lm_weights(log_probs, refs, {"lm_weight": weights, "word_score": scores}, decoder=decoder)
-    write_json(args.out, {**asdict(best), "tuned_on": str(args.manifest), "utterances": len(refs),
+    adapted = {"adapted": asdict(AdaptConfig(epochs=args.adapt_epochs))} if args.adapt else {}
+    write_json(args.out, {**asdict(best), "tuned_on": str(args.manifest), "utterances": len(refs), **adapted,
                           "grid": table, "wall_seconds": round(time.time() - start, 1)})
     log.info("best on dev: %s", best)
     return 0
@@ -133,10 +177,13 @@ def cmd_score(args) -> int:
         tuned = json.loads(Path(args.decoder).read_text()) if args.decoder else {}
         cfg = DecoderConfig(**{k: v for k, v in tuned.items() if k in DecoderConfig.__dataclass_fields__})
         lm_decoder = LMBeamSearchDecoder(model.tokenizer, lm_path=args.lm, config=cfg)
+    adapt = AdaptConfig(epochs=args.adapt_epochs) if args.adapt else None
     out = {"model": str(args.model), "lm": str(args.lm) if args.lm else None, "splits": {}}
+    if adapt is not None:
+        out["adapted"] = asdict(adapt)
     for item in args.split:
         name, manifest = item.split("=", 1)
-        out["splits"][name] = score_split(model, manifest, lm_decoder)
+        out["splits"][name] = score_split(model, manifest, lm_decoder, adapt)
         s = out["splits"][name]
         log.info("%s: greedy CER %.2f%% WER %.2f%%%s", name, 100 * s["greedy"]["cer"], 100 * s["greedy"]["wer"],
                  f"; LM CER {100 * s['lm']['cer']:.2f}% WER {100 * s['lm']['wer']:.2f}%" if "lm" in s else "")
@@ -158,6 +205,11 @@ def cmd_report(args) -> int:
         d = scores["decoder"]
         lines += [f"Decoder (tuned on dev): beam {d.get('beam')}, LM weight {d.get('lm_weight')}, "
                   f"word score {d.get('word_score')}", ""]
+    if "adapted" in scores:
+        a = scores["adapted"]
+        lines += [f"Adapted to each voice before decoding, without transcripts (`asr.adapt`: {a['epochs']} passes "
+                  f"over up to {a['max_seconds']:g} s of the voice's audio, lr {a['lr']}); the real-time factor "
+                  "includes the adaptation.", ""]
     lines += ["| split | utts | hours | greedy CER | greedy WER | LM CER | LM WER |",
               "|---|---|---|---|---|---|---|"]
     for name, s in scores["splits"].items():
@@ -256,6 +308,11 @@ def main(argv: list[str] | None = None) -> int:
     score.add_argument("--decoder")
     score.add_argument("--split", action="append", required=True, metavar="NAME=MANIFEST")
     score.add_argument("--out", required=True)
+    for sub_parser in (tune, score):
+        sub_parser.add_argument("--adapt", action="store_true",
+                                help="adapt the recogniser to each voice's audio first (unsupervised, asr.adapt)")
+        sub_parser.add_argument("--adapt-epochs", type=int, default=AdaptConfig.epochs,
+                                help="passes over each voice's audio")
     report = sub.add_parser("report", help="RESULTS.md from scores.json")
     report.add_argument("--scores", required=True)
     report.add_argument("--out", required=True)

@@ -1,7 +1,9 @@
 """Recognition speed and accuracy, ours (bundled model) vs pocketsphinx's en-US model, on one thread.
 
 Both read the same utterances of the synth_en test split, whose voices are never seen in training.
-The real-time factor (RTF) is compute seconds per second of audio, audio already in memory.
+The real-time factor (RTF) is compute seconds per second of audio, audio already in memory. "adapted" is
+ours after unsupervised adaptation to each voice's utterances here (``asr.adapt``, as ``glottis transcribe
+--adapt all`` run once per voice); its RTF includes the adaptation.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ UTTERANCES = 60
 def _test_set(limit: int) -> list[tuple[str, torch.Tensor]]:
     records = read_manifest(TEST_MANIFEST)
     records = records[:: max(1, len(records) // limit)][:limit]
-    return [(r.text, load(resolve_audio(TEST_MANIFEST, r), 16000)[0]) for r in records]
+    return [(r.text, load(resolve_audio(TEST_MANIFEST, r), 16000)[0], r.voice or r.speaker) for r in records]
 
 
 def _pocketsphinx(data) -> tuple[list[str], float]:
@@ -31,7 +33,7 @@ def _pocketsphinx(data) -> tuple[list[str], float]:
 
     decoder = Decoder(samprate=16000, logfn="/dev/null")
     hyps, compute = [], 0.0
-    for _, wave in data:
+    for _, wave, _ in data:
         pcm = (wave.clamp(-1, 1) * 32767).to(torch.int16).numpy().tobytes()
         start = time.perf_counter()
         decoder.start_utt()
@@ -43,16 +45,21 @@ def _pocketsphinx(data) -> tuple[list[str], float]:
     return hyps, compute
 
 
-def _ours(data, *, use_lm: bool) -> tuple[list[str], float]:
+def _ours(data, *, use_lm: bool, adapt: bool = False) -> tuple[list[str], float]:
     from asr.transcribe import Transcriber
 
     transcriber = Transcriber(use_lm=use_lm)
-    hyps, compute = [], 0.0
-    for _, wave in data:
+    hyps, compute = [""] * len(data), 0.0
+    groups = {}
+    for k, (_, _, voice) in enumerate(data):
+        groups.setdefault(voice if adapt else None, []).append(k)
+    for rows in groups.values():
         start = time.perf_counter()
-        text, _ = transcriber.decode(transcriber.log_probs(wave))
+        if adapt:
+            transcriber.adapt([data[k][1] for k in rows])
+        for k in rows:
+            hyps[k], _ = transcriber.decode(transcriber.log_probs(data[k][1]))
         compute += time.perf_counter() - start
-        hyps.append(text)
     return hyps, compute
 
 
@@ -65,9 +72,10 @@ def run(repeats: int) -> list[dict]:
         return [{"benchmark": "transcribe", "impl": "ours", "median_s": None, "ratio_vs_ours": None,
                  "note": f"{TEST_MANIFEST} missing: run `make data` first"}]
     data = _test_set(UTTERANCES)
-    refs = [text for text, _ in data]
-    audio_s = sum(w.numel() for _, w in data) / 16000
-    results = {"ours (greedy)": _ours(data, use_lm=False), "ours (LM)": _ours(data, use_lm=True)}
+    refs = [text for text, _, _ in data]
+    audio_s = sum(w.numel() for _, w, _ in data) / 16000
+    results = {"ours (greedy)": _ours(data, use_lm=False), "ours (LM)": _ours(data, use_lm=True),
+               "ours (LM, adapted)": _ours(data, use_lm=True, adapt=True)}
     try:
         results["pocketsphinx"] = _pocketsphinx(data)
     except ImportError:
