@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from asr.recognizer import Recognizer
 
-__all__ = ["AdaptConfig", "adapt_recognizer", "posterior_entropy"]
+__all__ = ["AdaptConfig", "adapt_recognizer", "posterior_entropy", "supports_adaptation"]
 
 
 @dataclass
@@ -48,6 +48,11 @@ def posterior_entropy(log_probs: torch.Tensor, temperature: float = 1.0) -> torc
     """Mean per-frame entropy (nats) of ``softmax(log_probs / temperature)``, ``(T, V) -> ()``."""
     lq = torch.log_softmax(log_probs / temperature, dim=-1)
     return -(lq.exp() * lq).sum(-1).mean()
+
+
+def supports_adaptation(recognizer: torch.nn.Module) -> bool:
+    """Whether ``adapt_recognizer`` can adapt this recogniser (the Conv1D+BiLSTM one, not wav2vec 2.0)."""
+    return isinstance(recognizer, Recognizer) and hasattr(recognizer.model, "convs")
 
 
 def _pieces(waves: list[torch.Tensor], cfg: AdaptConfig, sample_rate: int) -> list[torch.Tensor]:
@@ -69,7 +74,7 @@ def adapt_recognizer(recognizer: Recognizer, waves: list[torch.Tensor], cfg: Ada
     before and after, and the wall time.
     """
     cfg = cfg or AdaptConfig()
-    if not isinstance(recognizer, Recognizer) or not hasattr(recognizer.model, "convs"):
+    if not supports_adaptation(recognizer):
         raise ValueError("adaptation supports the Conv1D+BiLSTM recogniser only "
                          f"(got {type(getattr(recognizer, 'model', recognizer)).__name__})")
     start = time.perf_counter()

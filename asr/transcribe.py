@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from asr.adapt import AdaptConfig, adapt_recognizer
+from asr.adapt import AdaptConfig, adapt_recognizer, supports_adaptation
 from asr.align import word_timestamps
 from asr.bundle import LoadedModel, load_recognizer
 from asr.decode import DecoderConfig, LMBeamSearchDecoder, greedy_decode, prefix_beam_search
@@ -311,6 +311,10 @@ def main(argv: list[str] | None = None, prog: str = "glottis transcribe") -> int
         transcriber = Transcriber(args.model, use_lm=args.lm, beam=args.beam, device=args.device)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"{prog}: {err}", file=sys.stderr)
+        return 2
+    if args.adapt != "none" and not supports_adaptation(transcriber.model.recognizer):
+        print(f"{prog}: --adapt: {transcriber.model.source} is not a Conv1D+BiLSTM recogniser, the only kind "
+              "that can be adapted", file=sys.stderr)
         return 2
     files = list(find_audio_files(args.paths))
     failed = []

@@ -185,6 +185,9 @@ def test_transcribe_and_evaluate_detect_a_wav2vec2_folder(finetuned, asr_corpus,
     with torch.inference_mode():
         log_probs, n = loaded.recognizer(wave[None], torch.tensor([wave.numel()]))
     assert result["text"] == greedy_decode(log_probs, n, loaded.tokenizer)[0].text
+    # Test-time adaptation is for the Conv1D+BiLSTM recogniser only: a clear refusal, not a silent no-op.
+    assert glottis(["transcribe", str(wav), "--model", str(final), "--no-lm", "--adapt", "file"]) == 2
+    assert "not a Conv1D+BiLSTM recogniser" in capsys.readouterr().err
     # Exported with the LM and decoder settings, the folder decodes with the LM by default.
     decoder = tmp_path / "decoder.json"
     write_json(decoder, {"beam": 8, "lm_weight": 0.5, "word_score": 0.0})
