@@ -9,6 +9,10 @@ with no transcripts. Only the front of the network moves, so it learns a new "ea
 - the first convolution block (its kernel and its batch-norm scale and shift; the running statistics
   stay as trained).
 
+Entropy minimisation can collapse (on noisy audio every frame may turn into a confident blank, or into
+confident garbage): when the adapted recogniser's greedy tokens on the adaptation audio differ from the
+unadapted one's by more than half, the unadapted recogniser is kept and a warning says so.
+
 Dropout is off (the LSTM's between layers too) and batch norm keeps its running statistics throughout,
 as when transcribing, so the objective is deterministic. The adapted copy is returned; the given recogniser is left untouched.
 
@@ -21,14 +25,21 @@ Measured on synth_en's unseen natural voices (recipes/synth_en/RESULTS.md, sessi
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+from torchaudio.functional import edit_distance
 from tqdm import tqdm
 
 from asr.recognizer import Recognizer
+from asr.tokenizer import CharTokenizer
+
+log = logging.getLogger(__name__)
+
+BLANK_ID = CharTokenizer.blank_id  # CTC's blank, 0 in every Glottis tokenizer
 
 __all__ = ["AdaptConfig", "adapt_recognizer", "posterior_entropy", "supports_adaptation"]
 
@@ -41,13 +52,25 @@ class AdaptConfig:
     max_seconds: float = 300.0  # at most this much audio is used (an even sample of the pieces)
     piece_seconds: float = 20.0  # longer audio is cut into pieces of this length
     temperature: float = 1.0  # of the posteriors whose entropy is minimised
+    exclude_blank: bool = False  # minimise the entropy of the frames whose best token is not CTC's blank only
+    # Guard against collapse (onto blank, or onto confident garbage, as on noisy audio): if the adapted
+    # recogniser's greedy token sequences differ from the unadapted one's by more than this share (edit
+    # distance over the unadapted tokens), the unadapted recogniser is returned.
+    max_change: float = 0.5
     seed: int = 0
 
 
-def posterior_entropy(log_probs: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Mean per-frame entropy (nats) of ``softmax(log_probs / temperature)``, ``(T, V) -> ()``."""
+def posterior_entropy(log_probs: torch.Tensor, temperature: float = 1.0, *, blank_id: int | None = None
+                      ) -> torch.Tensor:
+    """Mean per-frame entropy (nats) of ``softmax(log_probs / temperature)``, ``(T, V) -> ()``.
+
+    ``blank_id``: only frames whose best token is not that one count (0 if there are none)."""
     lq = torch.log_softmax(log_probs / temperature, dim=-1)
-    return -(lq.exp() * lq).sum(-1).mean()
+    entropy = -(lq.exp() * lq).sum(-1)
+    if blank_id is None:
+        return entropy.mean()
+    keep = (log_probs.argmax(-1) != blank_id).to(entropy.dtype)
+    return (entropy * keep).sum() / keep.sum().clamp(min=1.0)
 
 
 def supports_adaptation(recognizer: torch.nn.Module) -> bool:
@@ -104,17 +127,24 @@ def adapt_recognizer(recognizer: Recognizer, waves: list[torch.Tensor], cfg: Ada
         p.requires_grad_(True)
     opt = torch.optim.Adam([log_scale, shift, *front], lr=cfg.lr)
 
-    def entropy(k: int) -> torch.Tensor:
-        """Mean over batch ``k``'s pieces of their mean per-frame posterior entropy."""
+    blank = BLANK_ID if cfg.exclude_blank else None
+
+    def entropy(k: int) -> tuple[torch.Tensor, list[list[int]]]:
+        """Mean over batch ``k``'s pieces of their mean per-frame posterior entropy; their greedy tokens."""
         feats, lengths = raw[k]
         valid = torch.arange(feats.shape[1], device=device)[None, :] < lengths[:, None]
         feats = (((feats - adapted.feat_mean) / adapted.feat_std) * log_scale.exp() + shift) * valid[:, :, None]
         lp, n = adapted.model(feats, lengths)
-        return torch.stack([posterior_entropy(lp[b, : int(n[b])], cfg.temperature) for b in range(len(n))]).mean()
+        rows = [lp[b, : int(n[b])] for b in range(len(n))]
+        tokens = [[t for t in torch.unique_consecutive(r.argmax(-1)).tolist() if t != BLANK_ID] for r in rows]
+        return torch.stack([posterior_entropy(r, cfg.temperature, blank_id=blank) for r in rows]).mean(), tokens
 
-    def mean_entropy() -> float:
+    def measure() -> tuple[float, list[list[int]]]:
+        """Mean entropy over the pieces, and each piece's greedy tokens."""
         with torch.no_grad():
-            return sum(float(entropy(k)) * len(batches[k]) for k in range(len(batches))) / len(pieces)
+            out = [entropy(k) for k in range(len(batches))]
+        mean = sum(float(e) * len(b) for (e, _), b in zip(out, batches, strict=True)) / len(pieces)
+        return mean, [t for _, tokens in out for t in tokens]
 
     adapted.train()
     rnn_dropout = {}
@@ -124,17 +154,17 @@ def adapt_recognizer(recognizer: Recognizer, waves: list[torch.Tensor], cfg: Ada
         elif isinstance(module, nn.RNNBase):  # its dropout between layers obeys training mode, which
             rnn_dropout[module] = module.dropout  # the padded path needs (and cuDNN's backward)
             module.dropout = 0.0
-    before = mean_entropy()
+    before, tokens_before = measure()
     gen = torch.Generator().manual_seed(cfg.seed)
     bar = tqdm(total=cfg.epochs * len(batches), desc="adapting", unit="step", leave=False, disable=not progress)
     for _ in range(cfg.epochs):
         for k in torch.randperm(len(batches), generator=gen).tolist():
             opt.zero_grad()
-            entropy(k).backward()
+            entropy(k)[0].backward()
             opt.step()
             bar.update()
     bar.close()
-    after = mean_entropy()
+    after, tokens_after = measure()
     adapted.eval()
     for module, p in rnn_dropout.items():
         module.dropout = p
@@ -145,8 +175,17 @@ def adapt_recognizer(recognizer: Recognizer, waves: list[torch.Tensor], cfg: Ada
         adapted.feat_std.copy_(std)
     for p in adapted.parameters():
         p.requires_grad_(False)
+    change = (sum(edit_distance(a, b) for a, b in zip(tokens_before, tokens_after, strict=True))
+              / max(1, sum(len(a) for a in tokens_before)))
+    collapsed = change > cfg.max_change
+    if collapsed:
+        log.warning("adaptation reverted: it changed %.0f%% of the greedy tokens (more than %.0f%%: a collapse)",
+                    100 * change, 100 * cfg.max_change)
+        adapted = copy.deepcopy(recognizer).eval()
     report = {"config": asdict(cfg), "pieces": len(pieces),
               "seconds": round(sum(p.numel() for p in pieces) / sample_rate, 2),
               "entropy_before": round(before, 4), "entropy_after": round(after, 4),
+              "tokens_before": sum(map(len, tokens_before)), "tokens_after": sum(map(len, tokens_after)),
+              "token_change": round(change, 4), "reverted": collapsed,
               "wall_seconds": round(time.perf_counter() - start, 2)}
     return adapted, report

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -34,6 +35,10 @@ def test_posterior_entropy():
     assert float(posterior_entropy(uniform)) == pytest.approx(float(torch.log(torch.tensor(4.0))))
     certain = torch.log(torch.tensor([[1.0, 1e-12, 1e-12]]))
     assert float(posterior_entropy(certain)) < 1e-6
+    # Only the frames whose best token is not blank (id 0), if asked; none of them: 0.
+    mixed = torch.log(torch.tensor([[0.9, 0.05, 0.05], [0.2, 0.4, 0.4]]))
+    assert float(posterior_entropy(mixed, blank_id=0)) == pytest.approx(float(posterior_entropy(mixed[1:])))
+    assert float(posterior_entropy(mixed[:1], blank_id=0)) == 0.0
     # A higher temperature flattens the posteriors.
     lp = torch.log_softmax(torch.randn(7, 5, generator=torch.Generator().manual_seed(0)), -1)
     assert float(posterior_entropy(lp, 2.0)) > float(posterior_entropy(lp))
@@ -44,7 +49,8 @@ def test_adaptation_sharpens_the_posteriors_and_moves_only_the_front(tiny_bundle
     original = {k: v.clone() for k, v in model.recognizer.state_dict().items()}
     # One piece per batch: the training path then equals the transcribing one, and the entropy the
     # report gives after adapting must be that of the adapted recogniser, statistics folded in.
-    adapted, report = adapt_recognizer(model.recognizer, waves, AdaptConfig(epochs=3, lr=0.01, batch_size=1))
+    cfg = AdaptConfig(epochs=3, lr=0.01, batch_size=1, max_change=math.inf)  # the tiny model changes a lot
+    adapted, report = adapt_recognizer(model.recognizer, waves, cfg)
     assert report["entropy_after"] < report["entropy_before"]
     assert report["pieces"] == len(waves) and report["seconds"] == pytest.approx(
         sum(w.numel() for w in waves) / 16000, abs=0.01)
@@ -73,11 +79,21 @@ def test_adaptation_is_deterministic_with_dropout_in_the_network(waves):
     results = []
     for seed in (1, 2):
         torch.manual_seed(seed)
-        results.append(adapt_recognizer(recognizer, waves[:3], AdaptConfig(epochs=2, lr=0.01, batch_size=1)))
+        cfg = AdaptConfig(epochs=2, lr=0.01, batch_size=1, max_change=math.inf)
+        results.append(adapt_recognizer(recognizer, waves[:3], cfg))
     (first, report), (second, _) = results
     assert all(torch.equal(v, second.state_dict()[k]) for k, v in first.state_dict().items())
     assert mean_entropy(first, waves[:3]) == pytest.approx(report["entropy_after"], abs=1e-4)
     assert first.model.lstm.dropout == 0.5  # restored
+
+
+def test_a_collapse_is_reverted(tiny_bundle, waves, caplog):
+    model = load_recognizer(tiny_bundle)
+    adapted, report = adapt_recognizer(model.recognizer, waves, AdaptConfig(epochs=1, max_change=-1.0))
+    assert report["reverted"] and "adaptation reverted" in caplog.text
+    assert all(torch.equal(v, model.recognizer.state_dict()[k]) for k, v in adapted.state_dict().items())
+    _, kept = adapt_recognizer(model.recognizer, waves, AdaptConfig(epochs=1))
+    assert not kept["reverted"] and 0 <= kept["token_change"] <= 0.5 and kept["tokens_before"] > 0
 
 
 def test_adaptation_pieces_long_audio_and_caps_it(tiny_bundle, waves):
