@@ -34,6 +34,7 @@ from torch import nn
 from torchaudio.functional import edit_distance
 from tqdm import tqdm
 
+from asr.decode import collapse_path
 from asr.recognizer import Recognizer
 from asr.tokenizer import CharTokenizer
 
@@ -129,22 +130,27 @@ def adapt_recognizer(recognizer: Recognizer, waves: list[torch.Tensor], cfg: Ada
 
     blank = BLANK_ID if cfg.exclude_blank else None
 
-    def entropy(k: int) -> tuple[torch.Tensor, list[list[int]]]:
-        """Mean over batch ``k``'s pieces of their mean per-frame posterior entropy; their greedy tokens."""
+    def forward(k: int) -> list[torch.Tensor]:
+        """Batch ``k``'s CTC log-probs, one ``(frames, vocab)`` per piece."""
         feats, lengths = raw[k]
         valid = torch.arange(feats.shape[1], device=device)[None, :] < lengths[:, None]
         feats = (((feats - adapted.feat_mean) / adapted.feat_std) * log_scale.exp() + shift) * valid[:, :, None]
         lp, n = adapted.model(feats, lengths)
-        rows = [lp[b, : int(n[b])] for b in range(len(n))]
-        tokens = [[t for t in torch.unique_consecutive(r.argmax(-1)).tolist() if t != BLANK_ID] for r in rows]
-        return torch.stack([posterior_entropy(r, cfg.temperature, blank_id=blank) for r in rows]).mean(), tokens
+        return [lp[b, : int(n[b])] for b in range(len(n))]
+
+    def entropy(rows: list[torch.Tensor]) -> torch.Tensor:
+        """Mean over pieces of their mean per-frame posterior entropy."""
+        return torch.stack([posterior_entropy(r, cfg.temperature, blank_id=blank) for r in rows]).mean()
 
     def measure() -> tuple[float, list[list[int]]]:
         """Mean entropy over the pieces, and each piece's greedy tokens."""
+        total, tokens = 0.0, []
         with torch.no_grad():
-            out = [entropy(k) for k in range(len(batches))]
-        mean = sum(float(e) * len(b) for (e, _), b in zip(out, batches, strict=True)) / len(pieces)
-        return mean, [t for _, tokens in out for t in tokens]
+            for k in range(len(batches)):
+                rows = forward(k)
+                total += float(entropy(rows)) * len(rows)
+                tokens += [collapse_path(r.argmax(-1).tolist(), BLANK_ID)[0] for r in rows]
+        return total / len(pieces), tokens
 
     adapted.train()
     rnn_dropout = {}
@@ -160,7 +166,7 @@ def adapt_recognizer(recognizer: Recognizer, waves: list[torch.Tensor], cfg: Ada
     for _ in range(cfg.epochs):
         for k in torch.randperm(len(batches), generator=gen).tolist():
             opt.zero_grad()
-            entropy(k)[0].backward()
+            entropy(forward(k)).backward()
             opt.step()
             bar.update()
     bar.close()

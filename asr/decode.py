@@ -111,7 +111,7 @@ def _check_inputs(
     return lengths
 
 
-def _collapse(path: Sequence[int], blank: int) -> tuple[list[int], list[int]]:
+def collapse_path(path: Sequence[int], blank: int) -> tuple[list[int], list[int]]:
     """Collapse a frame-level CTC path into (token ids, frame of each token's first frame)."""
     ids, frames = [], []
     prev = blank
@@ -140,7 +140,7 @@ def greedy_decode(
     best, best_ids = log_probs.detach().float().cpu().max(dim=-1)  # (B, T), (B, T)
     out = []
     for b, length in enumerate(lengths.tolist()):
-        ids, frames = _collapse(best_ids[b, :length].tolist(), tokenizer.blank_id)
+        ids, frames = collapse_path(best_ids[b, :length].tolist(), tokenizer.blank_id)
         score = float(best[b, :length].sum())
         out.append(Hypothesis(tokenizer.decode(ids), tuple(ids), tuple(frames), score))
     return out

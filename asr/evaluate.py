@@ -76,6 +76,11 @@ def scorable_records(model: LoadedModel, manifest: str | Path) -> list:
     return records
 
 
+def voice_of(record) -> str:
+    """The group a record is scored (and adapted) in: its voice, else its speaker."""
+    return record.voice or record.speaker or ""
+
+
 def adapted_log_probs(model: LoadedModel, manifest: str | Path, cfg: AdaptConfig
                       ) -> tuple[list[str], list[str], list[torch.Tensor], float, dict]:
     """As ``manifest_log_probs``, each voice (or speaker) decoded by the recogniser adapted to its audio.
@@ -83,7 +88,7 @@ def adapted_log_probs(model: LoadedModel, manifest: str | Path, cfg: AdaptConfig
     The compute seconds include the adaptation; the last item is the adaptation report per voice."""
     groups: dict[str, list] = {}
     for r in scorable_records(model, manifest):
-        groups.setdefault(r.voice or r.speaker or "", []).append(r)
+        groups.setdefault(voice_of(r), []).append(r)
     ids, refs, outputs, compute, reports = [], [], [], 0.0, {}
     for voice, records in tqdm(sorted(groups.items()), desc="adapting per voice", unit="voice", leave=False):
         dataset = UtteranceDataset(manifest, sample_rate=model.feature_config.sample_rate, records=records)
@@ -127,7 +132,7 @@ def score_split(model: LoadedModel, manifest: str, lm_decoder: LMBeamSearchDecod
         result["lm"] = {"cer": cer(refs, with_lm), "wer": wer(refs, with_lm)}
         examples = [(*e, h) for e, h in zip(examples, with_lm[:5], strict=False)]
     result["examples"] = [dict(zip(("id", "ref", "greedy", "lm"), e, strict=False)) for e in examples]
-    result["per_voice"] = per_voice_scores([records[i].voice or records[i].speaker for i in ids], refs,
+    result["per_voice"] = per_voice_scores([voice_of(records[i]) for i in ids], refs,
                                            greedy, with_lm if lm_decoder is not None else None)
     if reports is not None:
         result["adaptation"] = reports
@@ -154,15 +159,16 @@ def per_voice_scores(voices: list[str], refs: list[str], greedy: list[str], with
 def cmd_tune(args) -> int:
     start = time.time()
     model = load_recognizer(args.model)
-    if args.adapt:  # every utterance: each voice's adaptation sees all of its audio, as when scoring
-        _, refs, log_probs, _, _ = adapted_log_probs(model, args.manifest, AdaptConfig(epochs=args.adapt_epochs))
+    adapt = AdaptConfig(epochs=args.adapt_epochs) if args.adapt else None
+    if adapt:  # every utterance: each voice's adaptation sees all of its audio, as when scoring
+        _, refs, log_probs, _, _ = adapted_log_probs(model, args.manifest, adapt)
     else:
         _, refs, log_probs, _ = manifest_log_probs(model, args.manifest, limit=args.limit)
     weights = [float(x) for x in args.lm_weights.split(",")]
     scores = [float(x) for x in args.word_scores.split(",")]
     decoder = LMBeamSearchDecoder(model.tokenizer, lm_path=args.lm, config=DecoderConfig(beam=args.beam))
     best, table = tune_lm_weights(log_probs, refs, {"lm_weight": weights, "word_score": scores}, decoder=decoder)
-    adapted = {"adapted": asdict(AdaptConfig(epochs=args.adapt_epochs))} if args.adapt else {}
+    adapted = {"adapted": asdict(adapt)} if adapt else {}
     write_json(args.out, {**asdict(best), "tuned_on": str(args.manifest), "utterances": len(refs), **adapted,
                           "grid": table, "wall_seconds": round(time.time() - start, 1)})
     log.info("best on dev: %s", best)
