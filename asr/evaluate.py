@@ -51,10 +51,16 @@ def manifest_log_probs(model: LoadedModel, manifest: str | Path, *, limit: int |
     if limit is not None and len(records) > limit:
         records = records[:: math.ceil(len(records) / limit)]
     dataset = UtteranceDataset(manifest, sample_rate=model.feature_config.sample_rate, records=records)
-    sampler = BucketBatchSampler(dataset.durations, max_seconds=max_seconds, shuffle=False)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_waves)
+    return _log_probs(model, dataset, dataset.durations, Path(manifest).name, max_seconds)
+
+
+def _log_probs(model: LoadedModel, items, durations: list[float], name: str, max_seconds: float = 200.0
+               ) -> tuple[list[str], list[str], list[torch.Tensor], float]:
+    """``manifest_log_probs`` of ``items`` (an ``UtteranceDataset``, or the list of its items already read)."""
+    sampler = BucketBatchSampler(durations, max_seconds=max_seconds, shuffle=False)
+    loader = torch.utils.data.DataLoader(items, batch_sampler=sampler, collate_fn=collate_waves)
     ids, refs, outputs, compute = [], [], [], 0.0
-    for batch in tqdm(loader, desc=f"acoustic model {Path(manifest).name}", unit="batch", leave=False):
+    for batch in tqdm(loader, desc=f"acoustic model {name}", unit="batch", leave=False):
         start = time.perf_counter()
         log_probs, lengths = model.recognizer(batch["waves"], batch["lengths"])
         compute += time.perf_counter() - start
@@ -92,10 +98,11 @@ def adapted_log_probs(model: LoadedModel, manifest: str | Path, cfg: AdaptConfig
     ids, refs, outputs, compute, reports = [], [], [], 0.0, {}
     for voice, records in tqdm(sorted(groups.items()), desc="adapting per voice", unit="voice", leave=False):
         dataset = UtteranceDataset(manifest, sample_rate=model.feature_config.sample_rate, records=records)
-        waves = [dataset[k]["wave"] for k in range(len(dataset))]
-        adapted, report = adapt_recognizer(model.recognizer, waves, cfg)
+        items = [dataset[k] for k in range(len(dataset))]  # read once, for adapting and for decoding
+        adapted, report = adapt_recognizer(model.recognizer, [item["wave"] for item in items], cfg)
         reports[voice] = report
-        i, r, lp, seconds = manifest_log_probs(replace(model, recognizer=adapted), manifest, records=records)
+        i, r, lp, seconds = _log_probs(replace(model, recognizer=adapted), items, dataset.durations,
+                                       f"{Path(manifest).name} ({voice})")
         ids, refs, outputs = ids + i, refs + r, outputs + lp
         compute += seconds + report["wall_seconds"]
     return ids, refs, outputs, compute, reports

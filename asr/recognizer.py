@@ -9,7 +9,13 @@ from audio.augment import spec_augment, vtlp_warp
 from audio.features import FeatureConfig, FeatureExtractor
 from audio.stats import FeatureStats
 
-__all__ = ["Recognizer"]
+__all__ = ["Recognizer", "buffer_stats"]
+
+
+def buffer_stats(weights: dict[str, torch.Tensor]) -> dict[str, tuple[float, ...]]:
+    """The feature statistics a recogniser's weights hold (its ``feat_mean``/``feat_std`` buffers), as
+    ``FeatureStats`` fields: what a checkpoint records, since those buffers, not a stats file, are used."""
+    return {"mean": tuple(weights["feat_mean"].flatten().tolist()), "std": tuple(weights["feat_std"].flatten().tolist())}
 
 
 class Recognizer(nn.Module):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from asr.recognizer import buffer_stats
 from audio.atomic import atomic_path
 from audio.training import CheckpointManager, average_state_dicts, init_label
 
@@ -68,8 +69,7 @@ def make_soup(members: list[str | Path], out: str | Path) -> Path:
     soup = {k: v for k, v in first.items() if k not in ("optimizer", "scheduler", "sampler", "rng", "averaged")}
     soup["model"] = average_state_dicts(paths)
     if "feature_stats" in soup and "feat_mean" in soup["model"]:
-        soup["feature_stats"] = {**soup["feature_stats"], "mean": tuple(soup["model"]["feat_mean"].flatten().tolist()),
-                                 "std": tuple(soup["model"]["feat_std"].flatten().tolist())}
+        soup["feature_stats"] = {**soup["feature_stats"], **buffer_stats(soup["model"])}
     soup["soup"] = [init_label(p) for p in paths]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

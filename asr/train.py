@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from asr.augment import AugmentConfig, WaveAugment
 from asr.model import MODELS, ConvBiLSTMConfig
-from asr.recognizer import Recognizer
+from asr.recognizer import Recognizer, buffer_stats
 from asr.tokenizer import load_tokenizer
 from audio.config import load_config, to_dict
 from audio.datasets import BucketBatchSampler, UtteranceDataset, collate_waves
@@ -194,8 +194,7 @@ def train(cfg: ASRConfig, args: argparse.Namespace) -> Path:
         load_init_weights(recognizer, args.init)
     # The feature statistics are buffers that come with the weights (an init's, or a resumed run's, whose
     # own may be an init's); record those, not the --stats file's.
-    stats = replace(stats, mean=tuple(recognizer.feat_mean.flatten().tolist()),
-                    std=tuple(recognizer.feat_std.flatten().tolist()))
+    stats = replace(stats, **buffer_stats(recognizer.state_dict()))
 
     model = DistributedDataParallel(recognizer) if world > 1 else recognizer
     use_amp = cfg.train.amp and device.type == "cuda"
