@@ -120,6 +120,9 @@ class EncoderConfig:
     # place (log-mel frames, no conv stack to learn or run), at the same frame rate.
     front_end: str = "conv"
     n_mels: int = 80  # "logmel" only
+    # "logmel" only: mel frames stacked into one encoder frame (the mel hop is the total stride / this).
+    # 2 with the usual 320-sample stride: 10 ms mels, 20 ms frames; 4 with a 640-sample stride: 40 ms.
+    mel_stack: int = 2
 
     def __post_init__(self):
         if self.front_end not in ("conv", "logmel"):
@@ -217,20 +220,22 @@ def hf_config(encoder: EncoderConfig, sample_rate: int = 16000, **overrides) -> 
     """A ``transformers.Wav2Vec2Config`` of ``encoder``'s size, with ``overrides`` applied. A log-mel
     front end is recorded as the extra key ``glottis_front_end`` (see ``LogMelFrontEnd``)."""
     values = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(encoder).items()}
-    front_end, n_mels = values.pop("front_end"), values.pop("n_mels")
+    front_end, n_mels, stack = values.pop("front_end"), values.pop("n_mels"), values.pop("mel_stack")
     if front_end == "logmel":
-        values["glottis_front_end"] = {"kind": "logmel", "n_mels": n_mels, "sample_rate": sample_rate}
+        values["glottis_front_end"] = {"kind": "logmel", "n_mels": n_mels, "sample_rate": sample_rate,
+                                       "stack": stack}
     return Wav2Vec2Config(**{**values, **overrides})
 
 
 class LogMelFrontEnd(nn.Module):
     """A drop-in for wav2vec 2.0's conv feature encoder (``model.wav2vec2.feature_extractor``): log-mel
-    frames of ``receptive_field`` samples every half encoder frame (10 ms), pairs of them stacked onto
-    the encoder's frame rate (20 ms), a layer norm, and two per-frame linear layers onto ``conv_dim[-1]``
-    channels. ``(B, samples) -> (B, conv_dim[-1], frames)``, exactly as many frames as the conv encoder
-    (HF computes masks and lengths from the conv config, which is kept). Each output frame sees only its
-    own samples (560 with the usual 400/320 framing), so padding a batch changes no valid frame, as
-    with the conv encoder.
+    frames every ``1/stack`` of an encoder frame (10 ms), ``stack`` of them stacked onto the encoder's
+    frame rate (2 -> 20 ms, or 4 -> 40 ms with a 640-sample conv stride), a layer norm, and two per-frame
+    linear layers onto ``conv_dim[-1]`` channels. ``(B, samples) -> (B, conv_dim[-1], frames)``, exactly
+    as many frames as the conv encoder (HF computes masks and lengths from the conv config, which is
+    kept). The mel window is ``receptive_field - (stack - 2) * hop`` (400 samples for both framings), so
+    each output frame spans ``receptive_field + hop`` samples (560 with the usual 400/320 framing), and
+    padding a batch changes no valid frame, as with the conv encoder.
 
     The conv encoder is most of a small model's CPU time (it runs its first layer at 3.2 kHz) and has
     to learn a filterbank from scratch; this one starts from one. Everything downstream, including the
@@ -245,14 +250,22 @@ class LogMelFrontEnd(nn.Module):
         self.field, self.stride = receptive_field(config), math.prod(config.conv_stride)
         if self.stride % 2:
             raise ValueError(f"log-mel front end: the encoder's total stride {self.stride} is not even")
-        self.hop = self.stride // 2
+        self.stack = int(spec.get("stack", 2))  # models saved before the key existed stack pairs
+        if self.stack < 2 or self.stride % self.stack:
+            raise ValueError(f"log-mel front end: cannot stack {self.stack} mel frames into a stride of "
+                             f"{self.stride} samples (needs a divisor of it, at least 2)")
+        self.hop = self.stride // self.stack
+        window = self.field - (self.stack - 2) * self.hop
+        if window < self.hop:
+            raise ValueError(f"log-mel front end: a {self.field}-sample receptive field leaves a {window}-"
+                             f"sample mel window for {self.stack} stacked frames of {self.hop}")
         self.n_mels = int(spec["n_mels"])
-        self.features = FeatureExtractor(FeatureConfig(sample_rate=int(spec["sample_rate"]), n_fft=self.field,
-                                                       win_length=self.field, hop_length=self.hop, center=False,
+        self.features = FeatureExtractor(FeatureConfig(sample_rate=int(spec["sample_rate"]), n_fft=window,
+                                                       win_length=window, hop_length=self.hop, center=False,
                                                        n_mels=self.n_mels, log_floor=1e-8), "logmel")
         channels = config.conv_dim[-1]
-        self.norm = nn.LayerNorm(2 * self.n_mels)
-        self.proj1 = nn.Linear(2 * self.n_mels, channels)
+        self.norm = nn.LayerNorm(self.stack * self.n_mels)
+        self.proj1 = nn.Linear(self.stack * self.n_mels, channels)
         self.proj2 = nn.Linear(channels, channels)
         self._requires_grad = True  # HF's flag, as on Wav2Vec2FeatureEncoder
 
@@ -263,9 +276,9 @@ class LogMelFrontEnd(nn.Module):
 
     def forward(self, input_values: torch.Tensor) -> torch.Tensor:
         frames = (input_values.shape[1] - self.field) // self.stride + 1
-        # Half a frame of padding makes 2 * frames mel frames whatever the length.
+        # One mel hop of padding makes stack * frames mel frames whatever the length.
         feats, _ = self.features(nn.functional.pad(input_values.float(), (0, self.hop)))
-        x = feats[:, : 2 * frames].reshape(len(feats), frames, 2 * self.n_mels)
+        x = feats[:, : self.stack * frames].reshape(len(feats), frames, self.stack * self.n_mels)
         x = nn.functional.gelu(self.proj2(nn.functional.gelu(self.proj1(self.norm(x)))))
         return x.transpose(1, 2)
 

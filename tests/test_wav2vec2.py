@@ -244,11 +244,15 @@ def test_compare_checks_the_reference_and_sums_stage_times(tmp_path):
     assert worse["reference"]["test_greedy_cer_lowest"] is False
 
 
-def test_log_mel_front_end_makes_the_conv_encoders_frames():
-    cfg = load_config(Wav2Vec2ExpConfig, TINY, ["encoder.front_end=logmel"])
+# 20 ms frames of two 10 ms mels (the tiny config's stride), and 40 ms frames of four.
+@pytest.mark.parametrize("overrides", [[], ["encoder.conv_stride=[5, 8, 16]", "encoder.conv_kernel=[10, 8, 16]",
+                                             "encoder.mel_stack=4"]])
+def test_log_mel_front_end_makes_the_conv_encoders_frames(overrides):
+    cfg = load_config(Wav2Vec2ExpConfig, TINY, ["encoder.front_end=logmel", *overrides])
     model = init_ctc_model("random", cfg, CharTokenizer()).eval()
     front_end = model.wav2vec2.feature_extractor
     assert isinstance(front_end, LogMelFrontEnd)
+    assert front_end.hop == 160 and front_end.stack == cfg.encoder.mel_stack
     assert not any(k.startswith("wav2vec2.feature_extractor.conv_layers") for k in model.state_dict())
     for samples in (400, 559, 560, 719, 720, 16000, 16161):
         out = front_end(torch.randn(2, samples))
@@ -261,6 +265,9 @@ def test_log_mel_front_end_makes_the_conv_encoders_frames():
     torch.testing.assert_close(padded[..., : alone.shape[-1]], alone, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="front_end"):
         load_config(Wav2Vec2ExpConfig, TINY, ["encoder.front_end=fbank"])
+    with pytest.raises(ValueError, match="cannot stack 3"):
+        init_ctc_model("random", load_config(Wav2Vec2ExpConfig, TINY, ["encoder.front_end=logmel",
+                                                                       "encoder.mel_stack=3"]), CharTokenizer())
 
 
 def test_log_mel_model_pretrains_fine_tunes_and_round_trips(asr_corpus, tmp_path):
