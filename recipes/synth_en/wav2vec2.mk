@@ -16,6 +16,8 @@
 #           2000 x ~1.45 s = ~49 min; tune + score ~2 x 1 min
 # 2.2 h for the longer lane (session 14), within the 3 h target. The conv-encoder model of
 # configs/asr/wav2vec2_small.yaml (W2V_CONFIG=...) is ~4x slower per step and far less accurate.
+# configs/asr/wav2vec2_logmel40.yaml (40 ms frames) halves every wav2vec 2.0 stage's time for the same
+# greedy CER, but the LM then helps less (RESULTS.md, session 18).
 W2V_CONFIG ?= $(ROOT)/configs/asr/wav2vec2_logmel.yaml
 W2V_EXP ?= exp/wav2vec2
 W2V_PT := $(W2V_EXP)/pretrain
