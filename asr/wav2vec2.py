@@ -233,7 +233,7 @@ class LogMelFrontEnd(nn.Module):
     frame rate (2 -> 20 ms, or 4 -> 40 ms with a 640-sample conv stride), a layer norm, and two per-frame
     linear layers onto ``conv_dim[-1]`` channels. ``(B, samples) -> (B, conv_dim[-1], frames)``, exactly
     as many frames as the conv encoder (HF computes masks and lengths from the conv config, which is
-    kept). The mel window is ``receptive_field - (stack - 2) * hop`` (400 samples for both framings), so
+    kept). The mel window is ``receptive_field - (stack - 2) * hop`` (400 samples at 400/320 and 720/640), so
     each output frame spans ``receptive_field + hop`` samples (560 with the usual 400/320 framing), and
     padding a batch changes no valid frame, as with the conv encoder.
 
@@ -248,8 +248,6 @@ class LogMelFrontEnd(nn.Module):
         spec = config.glottis_front_end
         # The conv stack's frames: (samples - field) // stride + 1, which its nested floors reduce to.
         self.field, self.stride = receptive_field(config), math.prod(config.conv_stride)
-        if self.stride % 2:
-            raise ValueError(f"log-mel front end: the encoder's total stride {self.stride} is not even")
         self.stack = int(spec.get("stack", 2))  # models saved before the key existed stack pairs
         if self.stack < 2 or self.stride % self.stack:
             raise ValueError(f"log-mel front end: cannot stack {self.stack} mel frames into a stride of "
