@@ -82,11 +82,6 @@ def scorable_records(model: LoadedModel, manifest: str | Path) -> list:
     return records
 
 
-def voice_of(record) -> str:
-    """The group a record is scored (and adapted) in: its voice, else its speaker."""
-    return record.voice or record.speaker or ""
-
-
 def adapted_log_probs(model: LoadedModel, manifest: str | Path, cfg: AdaptConfig
                       ) -> tuple[list[str], list[str], list[torch.Tensor], float, dict]:
     """As ``manifest_log_probs``, each voice (or speaker) decoded by the recogniser adapted to its audio.
@@ -94,7 +89,7 @@ def adapted_log_probs(model: LoadedModel, manifest: str | Path, cfg: AdaptConfig
     The compute seconds include the adaptation; the last item is the adaptation report per voice."""
     groups: dict[str, list] = {}
     for r in scorable_records(model, manifest):
-        groups.setdefault(voice_of(r), []).append(r)
+        groups.setdefault(r.voice_or_speaker, []).append(r)
     ids, refs, outputs, compute, reports = [], [], [], 0.0, {}
     for voice, records in tqdm(sorted(groups.items()), desc="adapting per voice", unit="voice", leave=False):
         dataset = UtteranceDataset(manifest, sample_rate=model.feature_config.sample_rate, records=records)
@@ -139,7 +134,7 @@ def score_split(model: LoadedModel, manifest: str, lm_decoder: LMBeamSearchDecod
         result["lm"] = {"cer": cer(refs, with_lm), "wer": wer(refs, with_lm)}
         examples = [(*e, h) for e, h in zip(examples, with_lm[:5], strict=False)]
     result["examples"] = [dict(zip(("id", "ref", "greedy", "lm"), e, strict=False)) for e in examples]
-    result["per_voice"] = per_voice_scores([voice_of(records[i]) for i in ids], refs,
+    result["per_voice"] = per_voice_scores([records[i].voice_or_speaker for i in ids], refs,
                                            greedy, with_lm if lm_decoder is not None else None)
     if reports is not None:
         result["adaptation"] = reports

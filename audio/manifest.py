@@ -28,6 +28,11 @@ class Utterance:
     engine: str = ""  # the synthesiser or corpus that produced it
     voice: str = ""  # the exact voice setting (engine-specific), for synthetic data
 
+    @property
+    def voice_or_speaker(self) -> str:
+        """The group an utterance is scored (and a recogniser adapted) in: its voice, else its speaker."""
+        return self.voice or self.speaker or ""
+
 
 _FIELDS = {f.name for f in dataclasses.fields(Utterance)}
 

@@ -26,7 +26,7 @@ def _test_set(limit: int) -> list[tuple[str, torch.Tensor, str]]:
     """(text, 16 kHz wave, voice) of an even sample of the test split."""
     records = read_manifest(TEST_MANIFEST)
     records = records[:: max(1, len(records) // limit)][:limit]
-    return [(r.text, load(resolve_audio(TEST_MANIFEST, r), 16000)[0], r.voice or r.speaker) for r in records]
+    return [(r.text, load(resolve_audio(TEST_MANIFEST, r), 16000)[0], r.voice_or_speaker) for r in records]
 
 
 def _pocketsphinx(data) -> tuple[list[str], float]:

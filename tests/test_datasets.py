@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -222,6 +223,9 @@ def test_manifest_round_trip(tmp_path):
     path = tmp_path / "m.jsonl"
     write_manifest(path, records)
     assert read_manifest(path) == records
+    # Scored and adapted per voice, else per speaker (LibriSpeech has no voice field).
+    assert records[0].voice == "" and records[0].voice_or_speaker == records[0].speaker != ""
+    assert replace(records[0], voice="flite-awb").voice_or_speaker == "flite-awb"
 
 
 def _make_small_subset(tmp_path: Path) -> Path:
