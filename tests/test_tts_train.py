@@ -99,7 +99,9 @@ def test_overfits_a_few_sentences_and_learns_a_diagonal_alignment(corpus):
     before = _teacher_forced_scores(model, batch, cfg.model.r)
     optimizer = torch.optim.Adam(model.parameters(), lr=6e-3)
     history = []
-    for _ in range(80):
+    # 80 steps left the diagonality at 0.71-0.96 over seeds 0-3 (0.74 for seed 0 with espeak-ng 1.51 on a new
+    # machine, where the 0.75 bar failed); after 120 it is 0.95-0.99.
+    for _ in range(120):
         out = model(batch["ids"], batch["text_lengths"], batch["mels"], batch["mel_lengths"])
         losses = tacotron_loss(
             out,
@@ -120,7 +122,7 @@ def test_overfits_a_few_sentences_and_learns_a_diagonal_alignment(corpus):
     assert last["loss"] < 0.5 * first["loss"]
     assert last["mel"] + last["linear"] < 0.8 * (first["mel"] + first["linear"])
     assert before["diagonality"] < 0.3 and before["focus_rate"] < 0.1
-    assert after["diagonality"] > 0.75, after
+    assert after["diagonality"] > 0.85, after
     assert after["monotonic"] > 0.9 and after["end_reached"] == 1.0, after
     assert after["focus_rate"] > 2 * before["focus_rate"], (before, after)
 
