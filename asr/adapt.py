@@ -133,9 +133,7 @@ def adapt_recognizer(recognizer: Recognizer, waves: list[torch.Tensor], cfg: Ada
     def forward(k: int) -> list[torch.Tensor]:
         """Batch ``k``'s CTC log-probs, one ``(frames, vocab)`` per piece."""
         feats, lengths = raw[k]
-        valid = torch.arange(feats.shape[1], device=device)[None, :] < lengths[:, None]
-        feats = (((feats - adapted.feat_mean) / adapted.feat_std) * log_scale.exp() + shift) * valid[:, :, None]
-        lp, n = adapted.model(feats, lengths)
+        lp, n = adapted.model(adapted.normalise(feats, lengths, log_scale.exp(), shift), lengths)
         return [lp[b, : int(n[b])] for b in range(len(n))]
 
     def entropy(rows: list[torch.Tensor]) -> torch.Tensor:

@@ -64,12 +64,13 @@ def is_wav2vec2_folder(path: str | os.PathLike) -> bool:
     return meta.is_file() and json.loads(meta.read_text()).get("format") == WAV2VEC2_FORMAT
 
 
-def _build(model_type: str, model_config: dict, feature_config: dict) -> Recognizer:
+def _build(model_type: str, model_config: dict, feature_config: dict, training_config: dict) -> Recognizer:
     if model_type not in MODELS:
         raise ValueError(f"unknown model type {model_type!r}; known: {sorted(MODELS)}")
     model_cls, config_cls = MODELS[model_type]
     fcfg = from_dict(FeatureConfig, feature_config)
-    return Recognizer(model_cls(from_dict(config_cls, model_config)), fcfg)
+    return Recognizer(model_cls(from_dict(config_cls, model_config)), fcfg,
+                      utterance_cmn=bool(training_config.get("utterance_cmn", False)))
 
 
 def load_recognizer(path: str | os.PathLike | None = None, *, device: str | torch.device = "cpu") -> LoadedModel:
@@ -81,13 +82,15 @@ def load_recognizer(path: str | os.PathLike | None = None, *, device: str | torc
             from asr.wav2vec2 import load_wav2vec2
 
             return load_wav2vec2(path, state=state, device=device)
-        recognizer = _build(state["config"]["model_type"], state["model_config"], state["feature_config"])
+        recognizer = _build(state["config"]["model_type"], state["model_config"], state["feature_config"],
+                            state["config"])
         recognizer.load_state_dict(state["model"])
         tokenizer = load_tokenizer(state["tokenizer"])
         decoder, lm_path = {}, None
     elif is_ctc_bundle(path):
         config = json.loads((path / "config.json").read_text())
-        recognizer = _build(config["model_type"], config["model_config"], config["feature_config"])
+        recognizer = _build(config["model_type"], config["model_config"], config["feature_config"],
+                            config.get("training_config", {}))
         weights = {k: v.float() for k, v in load_file(str(path / "model.safetensors")).items()}
         recognizer.load_state_dict(weights)
         tokenizer = load_tokenizer(config["tokenizer"])

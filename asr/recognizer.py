@@ -21,14 +21,17 @@ def buffer_stats(weights: dict[str, torch.Tensor]) -> dict[str, tuple[float, ...
 class Recognizer(nn.Module):
     """Feature extraction, global mean/variance normalisation and the acoustic model.
 
-    The feature statistics are buffers, so they travel in the state dict with the weights.
+    The feature statistics are buffers, so they travel in the state dict with the weights. With
+    ``utterance_cmn`` each utterance's own mean is then taken off every band (ESPnet's ``utterance_mvn``
+    without the variance): what stays of a voice's or a channel's average spectrum is its spread.
     """
 
     def __init__(self, model: nn.Module, feature_config: FeatureConfig, stats: FeatureStats | None = None,
                  spec_augment_args: dict | None = None, vtlp_prob: float = 0.0,
-                 vtlp_range: tuple[float, float] = (0.9, 1.1)):
+                 vtlp_range: tuple[float, float] = (0.9, 1.1), utterance_cmn: bool = False):
         super().__init__()
         self.feature_config = feature_config
+        self.utterance_cmn = utterance_cmn
         self.frontend = FeatureExtractor(feature_config, "logmel")
         dim = self.frontend.dim
         if stats is not None and stats.dim != dim:
@@ -61,9 +64,21 @@ class Recognizer(nn.Module):
             if warp is not None:
                 cfg = self.feature_config
                 feats = vtlp_warp(feats, warp, fmin=cfg.fmin, fmax=cfg.mel_fmax, scale=cfg.mel_scale)
-        valid = torch.arange(feats.shape[1], device=feats.device)[None, :] < frame_lengths[:, None]
-        feats = (feats - self.feat_mean) / self.feat_std * valid[:, :, None]
-        return feats, frame_lengths
+        return self.normalise(feats, frame_lengths), frame_lengths
+
+    def normalise(self, feats: torch.Tensor, frame_lengths: torch.Tensor, scale: torch.Tensor | None = None,
+                  shift: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw log-mels ``(B, frames, n_mels)`` -> the model's input (zero past each length).
+
+        ``scale``, ``shift`` ``(n_mels,)``: an affine map after the global statistics (adaptation's)."""
+        valid = (torch.arange(feats.shape[1], device=feats.device)[None, :] < frame_lengths[:, None])[:, :, None]
+        feats = (feats - self.feat_mean) / self.feat_std
+        if scale is not None:
+            feats = feats * scale + shift
+        if self.utterance_cmn:
+            mean = (feats * valid).sum(1, keepdim=True) / valid.sum(1, keepdim=True).clamp(min=1)
+            feats = feats - mean
+        return feats * valid
 
     def forward(self, waves: torch.Tensor, lengths: torch.Tensor, augment_seed: int | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:

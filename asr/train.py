@@ -72,6 +72,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class ASRConfig:
     model_type: str = "conv_bilstm"
+    utterance_cmn: bool = False  # take each utterance's mean off its normalised log-mels (Recognizer)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     model: ConvBiLSTMConfig = field(default_factory=ConvBiLSTMConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -164,7 +165,8 @@ def train(cfg: ASRConfig, args: argparse.Namespace) -> Path:
     spec_args = dict(num_time_masks=cfg.augment.time_masks, max_time_width=cfg.augment.max_time_width,
                      num_freq_masks=cfg.augment.freq_masks, max_freq_width=cfg.augment.max_freq_width)
     recognizer = Recognizer(model_cls(model_cfg), cfg.features, stats, spec_augment_args=spec_args,
-                            vtlp_prob=cfg.augment.vtlp_prob, vtlp_range=cfg.augment.vtlp_range).to(device)
+                            vtlp_prob=cfg.augment.vtlp_prob, vtlp_range=cfg.augment.vtlp_range,
+                            utterance_cmn=cfg.utterance_cmn).to(device)
     n_params = sum(p.numel() for p in recognizer.parameters())
     log.info("model: %s, %.2fM parameters, vocab %d", cfg.model_type, n_params / 1e6, tokenizer.vocab_size)
 

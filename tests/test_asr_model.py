@@ -135,6 +135,26 @@ def test_recognizer_features_are_normalised_with_the_stats_and_zero_past_each_le
     torch.testing.assert_close(rec.features(waves, lens)[0][0], expected[0] - 1 / torch.tensor(stats.std))
 
 
+def test_utterance_cmn_centres_each_utterance_and_removes_a_gain():
+    fcfg = FeatureConfig(n_mels=20)
+    rec = Recognizer(ConvBiLSTM(tiny_config()), fcfg, _stats(20), utterance_cmn=True)
+    waves = torch.zeros(2, 8000)
+    waves[0] = speech_like(0.5, seed=0)
+    waves[1, :4800] = speech_like(0.3, seed=1)
+    lens = torch.tensor([8000, 4800])
+    feats, frame_lens = rec.features(waves, lens)
+    torch.testing.assert_close(feats[0].mean(0), torch.zeros(20), atol=1e-5, rtol=0)
+    torch.testing.assert_close(feats[1, :31].mean(0), torch.zeros(20), atol=1e-5, rtol=0)  # valid frames only
+    assert torch.all(feats[1, 31:] == 0)
+    # The spread is the globally normalised one, centred.
+    plain = Recognizer(ConvBiLSTM(tiny_config()), fcfg, _stats(20)).features(waves, lens)[0]
+    torch.testing.assert_close(feats[1, :31], plain[1, :31] - plain[1, :31].mean(0))
+    # A gain adds the same constant to every log-mel band: each utterance's own mean takes it off.
+    torch.testing.assert_close(rec.features(waves * 0.25, lens)[0], feats, atol=1e-4, rtol=0)
+    assert not torch.allclose(plain, Recognizer(ConvBiLSTM(tiny_config()), fcfg, _stats(20)).features(
+        waves * 0.25, lens)[0], atol=1e-2)
+
+
 def test_recognizer_refuses_stats_of_another_feature_size():
     with pytest.raises(ValueError, match="80 dims"):
         Recognizer(ConvBiLSTM(tiny_config()), FeatureConfig(n_mels=20), _stats(80))

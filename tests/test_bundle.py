@@ -138,3 +138,15 @@ def test_evaluate_tune_score_report(tiny_exp, asr_corpus, tmp_path):
     text = report.read_text()
     row = next(line for line in text.splitlines() if line.startswith("| all |"))
     assert f"{100 * split['greedy']['cer']:.2f}%" in row and f"{100 * split['lm']['wer']:.2f}%" in row
+
+
+def test_utterance_cmn_travels_with_checkpoint_and_bundle(tiny_exp, tmp_path):
+    state = CheckpointManager.load(tiny_exp / "final.pt")
+    assert load_recognizer(tiny_exp / "final.pt").recognizer.utterance_cmn is False  # the default
+    state["config"]["utterance_cmn"] = True
+    checkpoint = tmp_path / "cmn.pt"
+    torch.save(state, checkpoint)
+    assert load_recognizer(checkpoint).recognizer.utterance_cmn is True
+    folder = export_bundle(checkpoint, tmp_path / "bundle")
+    assert json.loads((folder / "config.json").read_text())["training_config"]["utterance_cmn"] is True
+    assert load_recognizer(folder).recognizer.utterance_cmn is True
