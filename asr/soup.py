@@ -30,12 +30,14 @@ __all__ = ["make_soup"]
 
 # What members must agree on, besides the weights' names and shapes (dropout may differ). The feature
 # statistics are compared as the weights' buffers (feat_mean, feat_std), which are what the model uses.
-SHARED = ("model_type", "model_config", "feature_config", "tokenizer")
+SHARED = ("model_type", "utterance_cmn", "model_config", "feature_config", "tokenizer")
 
 
 def _shared(state: dict, key: str):
     if key == "model_type":
         return state.get("config", {}).get("model_type")
+    if key == "utterance_cmn":  # the input normalisation (absent from checkpoints older than the option)
+        return bool(state.get("config", {}).get("utterance_cmn", False))
     value = state.get(key)
     return {k: v for k, v in value.items() if k != "dropout"} if key == "model_config" and value else value
 

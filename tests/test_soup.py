@@ -64,6 +64,11 @@ def test_soup_refuses_members_that_do_not_match(tiny_exp, tmp_path, capsys):
 
     with pytest.raises(ValueError, match=r"stats\.pt: its feature statistics \(feat_mean\)"):
         soup.make_soup([a, _sibling(tiny_exp, tmp_path / "stats.pt", edit=other_stats)], tmp_path / "x.pt")
+    def centred(state):
+        state["config"] = {**state["config"], "utterance_cmn": True}
+
+    with pytest.raises(ValueError, match=r"cmn\.pt: utterance_cmn"):
+        soup.make_soup([a, _sibling(tiny_exp, tmp_path / "cmn.pt", edit=centred)], tmp_path / "x.pt")
     with pytest.raises(ValueError, match=r"wide\.pt: model_config"):
         soup.make_soup([a, _sibling(tiny_exp, tmp_path / "wide.pt", edit=wider)], tmp_path / "x.pt")
     with pytest.raises(ValueError, match="at least two"):
