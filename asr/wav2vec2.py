@@ -11,7 +11,8 @@ resumes from the newest checkpoint; ``exp-dir/final/`` is written last, atomical
 
 A model folder is Hugging Face format plus one file of ours, so ``Wav2Vec2ForCTC.from_pretrained`` and
 ``Wav2Vec2Processor.from_pretrained`` read it, and ``glottis transcribe --model DIR`` recognises it (a model
-with our log-mel front end, ``encoder.front_end: logmel``, loads through ``load_pretrained`` instead)::
+with our log-mel front end, ``encoder.front_end: logmel``, or our LSTM head, ``head.kind: lstm``, loads through
+``load_pretrained`` instead)::
 
     model_dir/
       config.json, model.safetensors          Wav2Vec2ForCTC (vocab = our tokenizer, blank = pad id 0)
@@ -78,11 +79,13 @@ __all__ = [
     "EncoderConfig",
     "MaskingConfig",
     "FinetuneConfig",
+    "HeadConfig",
     "PretrainConfig",
     "Wav2Vec2ExpConfig",
     "hf_config",
     "LogMelFrontEnd",
-    "attach_front_end",
+    "LSTMHead",
+    "attach_modules",
     "load_pretrained",
     "normalize_waves",
     "Wav2Vec2Recognizer",
@@ -172,6 +175,23 @@ class FinetuneConfig:
 
 
 @dataclass(frozen=True)
+class HeadConfig:
+    """What maps the transformer's frames onto the CTC outputs. ``linear``: wav2vec 2.0's own head (one
+    layer; the folder loads in plain ``transformers``). ``lstm``: a BiLSTM and then that layer
+    (``LSTMHead``), the downstream model of the SUPERB benchmark's recognition task, trained with the
+    body; its folder loads through ``load_pretrained`` (``glottis transcribe``), not in plain HF."""
+
+    kind: str = "linear"
+    lstm_hidden: int = 256  # per direction
+    lstm_layers: int = 1
+    lstm_dropout: float = 0.1  # between LSTM layers and before the output layer
+
+    def __post_init__(self):
+        if self.kind not in ("linear", "lstm"):
+            raise ValueError(f"head.kind must be 'linear' or 'lstm', not {self.kind!r}")
+
+
+@dataclass(frozen=True)
 class PretrainConfig:
     crop_seconds: float = 5.0  # each utterance is cut to a random window of at most this long
     max_seconds: float = 100.0  # padded (cropped) audio per batch, seconds
@@ -206,13 +226,14 @@ class PretrainConfig:
 @dataclass(frozen=True)
 class Wav2Vec2ExpConfig:
     """One YAML for the whole wav2vec 2.0 recipe: pretraining reads ``encoder`` and ``pretrain``,
-    fine-tuning reads ``encoder`` (random init only), ``masking``, ``finetune`` and ``augment``."""
+    fine-tuning reads ``encoder`` (random init only), ``masking``, ``finetune``, ``head`` and ``augment``."""
 
     sample_rate: int = 16000
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -281,31 +302,64 @@ class LogMelFrontEnd(nn.Module):
         return x.transpose(1, 2)
 
 
+class LSTMHead(nn.Module):
+    """A drop-in for ``Wav2Vec2ForCTC.lm_head``: a BiLSTM over the transformer's frames, then a linear
+    layer onto the CTC outputs. ``(B, frames, hidden) -> (B, frames, vocab)``. Given ``lengths`` (what
+    ``Wav2Vec2Recognizer`` passes) the padded frames are packed away, so padding a batch changes no valid
+    output; HF's own ``forward`` calls it without, over every frame. Its size is the config's extra key
+    ``glottis_head`` (``{"kind": "lstm", "hidden", "layers", "dropout"}``)."""
+
+    def __init__(self, config: Wav2Vec2Config):
+        super().__init__()
+        spec = config.glottis_head
+        hidden, layers, dropout = int(spec["hidden"]), int(spec["layers"]), float(spec["dropout"])
+        self.lstm = nn.LSTM(config.hidden_size, hidden, num_layers=layers, batch_first=True,
+                            bidirectional=True, dropout=dropout if layers > 1 else 0.0)
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(2 * hidden, config.vocab_size)
+
+    def forward(self, hidden_states: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        if lengths is None:
+            x, _ = self.lstm(hidden_states)
+        else:
+            packed = nn.utils.rnn.pack_padded_sequence(hidden_states, lengths.clamp(min=1).cpu(),
+                                                       batch_first=True, enforce_sorted=False)
+            x, _ = self.lstm(packed)
+            x, _ = nn.utils.rnn.pad_packed_sequence(x, batch_first=True, total_length=hidden_states.shape[1])
+        return self.out(self.dropout(x))
+
+
 def uses_log_mel(config: Wav2Vec2Config) -> bool:
     return (getattr(config, "glottis_front_end", None) or {}).get("kind") == "logmel"
 
 
-def attach_front_end(model: Wav2Vec2PreTrainedModel) -> Wav2Vec2PreTrainedModel:
-    """Put a ``LogMelFrontEnd`` in place of the conv encoder when the config asks for one."""
+def uses_lstm_head(config: Wav2Vec2Config) -> bool:
+    return (getattr(config, "glottis_head", None) or {}).get("kind") == "lstm"
+
+
+def attach_modules(model: Wav2Vec2PreTrainedModel) -> Wav2Vec2PreTrainedModel:
+    """Put our modules in where the config asks for them: a ``LogMelFrontEnd`` in place of the conv
+    encoder, and (on a CTC model) an ``LSTMHead`` in place of the linear head."""
     if uses_log_mel(model.config):
         model.wav2vec2.feature_extractor = LogMelFrontEnd(model.config)
+    if hasattr(model, "lm_head") and uses_lstm_head(model.config):
+        model.lm_head = LSTMHead(model.config)
     return model
 
 
 def load_pretrained(cls: type[Wav2Vec2PreTrainedModel], path: str | os.PathLike, *, new_head: bool = False,
                     **overrides) -> Wav2Vec2PreTrainedModel:
-    """``cls.from_pretrained(path, local_files_only=True, **overrides)``, also for our log-mel models,
-    whose front-end weights ``from_pretrained`` would drop: those are built by ``attach_front_end`` and
-    loaded here. With ``new_head``, weights of another head (a pretraining model's quantiser, a CTC head
+    """``cls.from_pretrained(path, local_files_only=True, **overrides)``, also for models with our modules
+    (a log-mel front end, an LSTM head), whose weights ``from_pretrained`` would drop: those are built by
+    ``attach_modules`` and loaded here. With ``new_head``, weights of another head (a pretraining model's quantiser, a CTC head
     of another vocabulary) are left out and the new head starts at random (``ignore_mismatched_sizes``);
     without it, every weight of the model must be in the folder."""
-    config_file = Path(path) / "config.json"
-    config = Wav2Vec2Config.from_json_file(str(config_file)) if config_file.is_file() else None
-    if config is None or not uses_log_mel(config):
-        return cls.from_pretrained(str(path), local_files_only=True, ignore_mismatched_sizes=new_head, **overrides)
+    config = Wav2Vec2Config.from_pretrained(str(path), local_files_only=True)
     for key, value in overrides.items():
         setattr(config, key, value)
-    model = attach_front_end(cls(config))
+    if not (uses_log_mel(config) or uses_lstm_head(config)):
+        return cls.from_pretrained(str(path), config=config, local_files_only=True, ignore_mismatched_sizes=new_head)
+    model = attach_modules(cls(config))
     saved = safetensors.torch.load_file(str(Path(path) / "model.safetensors"))
     own = model.state_dict()
     loadable = {k: v for k, v in saved.items() if k in own and own[k].shape == v.shape}
@@ -329,6 +383,9 @@ def _ctc_overrides(cfg: Wav2Vec2ExpConfig, tokenizer: Tokenizer) -> dict:
         "apply_spec_augment": True,
         "ctc_loss_reduction": "mean",
         "ctc_zero_infinity": True,
+        "glottis_head": None if cfg.head.kind == "linear" else {
+            "kind": cfg.head.kind, "hidden": cfg.head.lstm_hidden, "layers": cfg.head.lstm_layers,
+            "dropout": cfg.head.lstm_dropout},
         **{k: getattr(f, k) for k in ("hidden_dropout", "attention_dropout", "activation_dropout",
                                       "feat_proj_dropout", "final_dropout", "layerdrop")},
     }
@@ -393,8 +450,13 @@ class Wav2Vec2Recognizer(nn.Module):
             waves = nn.functional.pad(waves, (0, self.feature_config.n_fft - waves.shape[1]))
         x, valid = normalize_waves(waves, lengths)
         mask = valid.long() if self.use_attention_mask else None
-        logits = self.model(x, attention_mask=mask).logits  # (B, frames, vocab)
-        out_lengths = self.output_lengths(lengths).clamp(max=logits.shape[1])
+        if isinstance(self.model.lm_head, LSTMHead):  # HF's forward, with the lengths the head packs by
+            hidden = self.model.dropout(self.model.wav2vec2(x, attention_mask=mask).last_hidden_state)
+            out_lengths = self.output_lengths(lengths).clamp(max=hidden.shape[1])
+            logits = self.model.lm_head(hidden, out_lengths)
+        else:
+            logits = self.model(x, attention_mask=mask).logits  # (B, frames, vocab)
+            out_lengths = self.output_lengths(lengths).clamp(max=logits.shape[1])
         return logits.float().log_softmax(dim=-1), out_lengths
 
 
@@ -427,7 +489,7 @@ def init_ctc_model(init: str, cfg: Wav2Vec2ExpConfig, tokenizer: Tokenizer) -> W
     or a hub id already in the HF cache. The CTC head is new whenever the vocabularies differ."""
     overrides = _ctc_overrides(cfg, tokenizer)
     if init == "random":
-        return attach_front_end(Wav2Vec2ForCTC(hf_config(cfg.encoder, cfg.sample_rate, **overrides)))
+        return attach_modules(Wav2Vec2ForCTC(hf_config(cfg.encoder, cfg.sample_rate, **overrides)))
     try:
         model = load_pretrained(Wav2Vec2ForCTC, init, new_head=True, **overrides)
     except OSError as err:
@@ -462,7 +524,7 @@ def save_model_dir(recognizer: Wav2Vec2Recognizer, tokenizer: Tokenizer, out: st
 
 def recognizer_from_state(state: dict) -> tuple[Wav2Vec2Recognizer, Tokenizer]:
     """Rebuild the model of a fine-tuning checkpoint dict (``model_type == "wav2vec2"``)."""
-    model = attach_front_end(Wav2Vec2ForCTC(Wav2Vec2Config.from_dict(state["hf_config"])))
+    model = attach_modules(Wav2Vec2ForCTC(Wav2Vec2Config.from_dict(state["hf_config"])))
     model.load_state_dict(state["model"])
     return Wav2Vec2Recognizer(model, state["sample_rate"]), load_tokenizer(state["tokenizer"])
 

@@ -37,7 +37,7 @@ from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 from asr.wav2vec2 import (
     PretrainConfig,
     Wav2Vec2ExpConfig,
-    attach_front_end,
+    attach_modules,
     build_loader,
     hf_config,
     normalize_waves,
@@ -97,7 +97,7 @@ def build_pretraining_model(cfg: Wav2Vec2ExpConfig) -> Wav2Vec2ForPreTraining:
         **{k: getattr(p, k) for k in ("hidden_dropout", "attention_dropout", "activation_dropout",
                                       "feat_proj_dropout", "feat_quantizer_dropout", "layerdrop")},
     )
-    return attach_front_end(Wav2Vec2ForPreTraining(config))
+    return attach_modules(Wav2Vec2ForPreTraining(config))
 
 
 def gumbel_temperature(step: int, p: PretrainConfig) -> float:

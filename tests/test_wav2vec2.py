@@ -25,6 +25,7 @@ from asr.tokenizer import CharTokenizer  # noqa: E402
 from asr.transcribe import Transcriber  # noqa: E402
 from asr.wav2vec2 import (  # noqa: E402
     LogMelFrontEnd,
+    LSTMHead,
     Wav2Vec2ExpConfig,
     Wav2Vec2Recognizer,
     build_processor,
@@ -298,3 +299,40 @@ def test_log_mel_model_pretrains_fine_tunes_and_round_trips(asr_corpus, tmp_path
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     for i, (lp, n) in enumerate(alone):
         torch.testing.assert_close(a[i, : int(n)], lp[0], atol=1e-4, rtol=0)
+
+
+def test_lstm_head_fine_tunes_from_a_pretraining_folder_and_round_trips(asr_corpus, pretrained, tmp_path):
+    ft = tmp_path / "ft"
+    lstm = ["--set", "head.kind=lstm", "--set", "head.lstm_hidden=32", "--set", "head.lstm_layers=2",
+            "--set", "finetune.head_lr=0.01", "--set", "finetune.eval_every=5"]
+    assert wav2vec2_main(["finetune", "--config", str(TINY), "--exp-dir", str(ft), "--train",
+                          str(asr_corpus.manifest), "--dev", str(asr_corpus.manifest), "--tokenizer",
+                          str(asr_corpus.tokenizer), "--init", str(pretrained), "--set", "finetune.total_steps=40",
+                          "--set", "finetune.average_last=1", *lstm, "--threads", "1", "--device", "cpu"]) == 0
+    dev = metric(ft, "dev/loss")  # down from ~30 at random; then slowly off the blank plateau (~3.07 -> 2.84)
+    assert dev[0][1] < 5.0 and dev[-1][1] < 0.97 * dev[0][1], dev
+    # The body starts from the pretraining folder; the head is new, and it is the one that trained fastest.
+    start = CheckpointManager.load(pretrained.parent / "checkpoints" / "step-00000010.pt")["model"]
+    at_10 = CheckpointManager.load(ft / "checkpoints" / "step-00000010.pt")["model"]
+    assert any(k.startswith("lm_head.lstm.") for k in at_10) and "lm_head.weight" not in at_10
+    assert dict(metric(ft, "train/lr_head"))[10] / dict(metric(ft, "train/lr_body"))[10] == pytest.approx(5)
+    layer = "wav2vec2.encoder.layers.0.feed_forward.output_dense.weight"
+    assert at_10[layer].shape == start[layer].shape and not torch.equal(at_10[layer], start[layer])
+    from_folder, from_checkpoint = load_recognizer(ft / "final"), load_recognizer(ft / "checkpoints" / "step-00000040.pt")
+    assert isinstance(from_folder.recognizer.model.lm_head, LSTMHead)
+    assert from_folder.recognizer.model.lm_head.lstm.num_layers == 2
+    waves, lengths = batch_of(asr_corpus.manifest, 4)
+    with torch.inference_mode():
+        a, a_lengths = from_folder.recognizer(waves, lengths)
+        b, _ = from_checkpoint.recognizer(waves, lengths)
+        alone = [from_folder.recognizer(waves[i : i + 1, : lengths[i]], lengths[i : i + 1]) for i in range(4)]
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    # The head packs the padding away: in a padded batch each utterance gets its lone result.
+    assert len(set(lengths.tolist())) > 1
+    for i, (lp, n) in enumerate(alone):
+        torch.testing.assert_close(a[i, : int(n)], lp[0], atol=1e-4, rtol=0)
+    # A linear-head config fine-tuning this folder gets a linear head again, not the folder's LSTM.
+    linear = init_ctc_model(str(ft / "final"), load_config(Wav2Vec2ExpConfig, TINY), CharTokenizer())
+    assert isinstance(linear.lm_head, torch.nn.Linear)
+    with pytest.raises(ValueError, match="head.kind"):
+        load_config(Wav2Vec2ExpConfig, TINY, ["head.kind=transformer"])
