@@ -37,7 +37,7 @@ from audio.features import FeatureConfig
 from audio.io import AudioError, load, save
 from audio.training import CheckpointManager, set_threads
 from tts.spectrogram import SpectrogramScale, TargetExtractor
-from tts.wavenet import FastGenerator, WaveNet, WaveNetConfig, mu_law_decode
+from tts.wavenet import FastGenerator, WaveNet, WaveNetConfig, decode_classes
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +164,7 @@ class Vocoder:
         classes = self.generator.generate(
             batch, n_samples=max(lengths), seed=self.seed, temperature=self.temperature
         )
-        n_classes = self.loaded.model.cfg.n_classes
-        return [mu_law_decode(classes[i, :n], n_classes) for i, n in enumerate(lengths)]
+        return [decode_classes(classes[i, :n], self.loaded.model.cfg) for i, n in enumerate(lengths)]
 
     def vocode(self, mel: torch.Tensor, n_samples: int | None = None) -> torch.Tensor:
         """``(frames, n_mels)`` normalised mel -> ``(samples,)`` float32 wave."""

@@ -44,7 +44,7 @@ from audio.training import (
     write_final,
 )
 from tts.spectrogram import TTS_FEATURES, SpectrogramScale, TargetExtractor
-from tts.wavenet import FastGenerator, WaveNet, WaveNetConfig, mu_law_decode, mu_law_encode
+from tts.wavenet import FastGenerator, WaveNet, WaveNetConfig, decode_classes, encode_wave, mu_law_encode
 
 log = logging.getLogger("tts.vocoder_train")
 
@@ -151,7 +151,7 @@ class WindowCorpus:
                 mel, _, _ = extractor(wave.unsqueeze(0))  # (1, T, M)
             self.ids.append(record.id)
             self.mels.append(F.pad(mel[0].T, (self.margin, self.margin)).T.half())  # (T + 2 * margin, M)
-            self.classes.append(mu_law_encode(wave, cfg.model.n_classes).to(torch.uint8))
+            self.classes.append(encode_wave(wave, cfg.model).to(torch.uint8))
             seconds += wave.shape[0] / cfg.features.sample_rate
         if not self.ids:
             raise ValueError(f"{manifest}: no utterance is longer than a training window")
@@ -223,11 +223,11 @@ def evaluate(
     classes = FastGenerator(model).generate(mel, n_samples=n, seed=cfg.train.seed)
     stem = exp_dir / "samples" / f"step-{step:08d}"
     stem.parent.mkdir(parents=True, exist_ok=True)
-    save(f"{stem}.wav", mu_law_decode(classes[0], cfg.model.n_classes), cfg.features.sample_rate)
+    save(f"{stem}.wav", decode_classes(classes[0], cfg.model), cfg.features.sample_rate)
     reference = stem.parent / "reference.wav"
     if not reference.exists():
         save(
-            reference, mu_law_decode(dev.classes[0][:n].long(), cfg.model.n_classes), cfg.features.sample_rate
+            reference, decode_classes(dev.classes[0][:n].long(), cfg.model), cfg.features.sample_rate
         )
     model.train()
     return sum(losses) / len(losses)

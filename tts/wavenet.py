@@ -9,6 +9,9 @@ The network predicts a 256-way mu-law class for every sample from the previous s
                h_{l+1} = (h_l + res) * sqrt(1/2),  skips += skip
     output     logits = W_o2 relu(W_o1 relu(skips) + b_o1) + b_o2      (256)
 
+With ``preemphasis`` a > 0 the classes are those of the pre-emphasised wave ``x[n] - a x[n-1]``
+(:func:`encode_wave`), and generated classes are de-emphasised back (:func:`decode_classes`), as LPCNet does.
+
 Dilations run ``1, 2, 4, ..., max_dilation`` in ``dilation_cycles`` cycles; the receptive field is
 ``sum(dilations) + 1`` samples. Before the first sample every layer's history is zero (the parallel
 forward pads with zeros; the incremental queues start at zero), so both paths compute the same function.
@@ -43,12 +46,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from audio.features import deemphasis, preemphasis
+
 __all__ = [
     "WaveNetConfig",
     "WaveNet",
     "FastGenerator",
     "mu_law_encode",
     "mu_law_decode",
+    "encode_wave",
+    "decode_classes",
     "sampling_uniforms",
 ]
 
@@ -67,8 +74,14 @@ class WaveNetConfig:
     cond_channels: int = 64  # width of the frame-rate conditioning net
     cond_layers: int = 2  # kernel-3 convs over mel frames
     cond_kernel: int = 3
+    # The network models the mu-law classes of the pre-emphasised wave, y[n] = x[n] - a x[n-1], and
+    # generation de-emphasises its output (LPCNet's noise shaping): the sampling noise, white in the
+    # class domain, comes out tilted like speech instead of filling its quiet high bands. 0 = plain mu-law.
+    preemphasis: float = 0.0
 
     def __post_init__(self):
+        if not 0.0 <= self.preemphasis < 1.0:
+            raise ValueError(f"preemphasis must be in [0, 1), not {self.preemphasis}")
         if self.max_dilation < 1 or self.max_dilation & (self.max_dilation - 1):
             raise ValueError(f"max_dilation must be a power of two, not {self.max_dilation}")
         if self.cond_kernel % 2 != 1:
@@ -105,6 +118,17 @@ def mu_law_decode(classes: torch.Tensor | np.ndarray, n_classes: int = 256) -> t
     mu = n_classes - 1
     companded = 2 * torch.as_tensor(classes).float() / mu - 1
     return torch.sign(companded) * ((1 + mu) ** companded.abs() - 1) / mu
+
+
+def encode_wave(wave: torch.Tensor, cfg: WaveNetConfig) -> torch.Tensor:
+    """``(..., samples)`` float wave -> the int64 classes the network models (pre-emphasised, mu-law)."""
+    return mu_law_encode(preemphasis(wave, cfg.preemphasis), cfg.n_classes)
+
+
+def decode_classes(classes: torch.Tensor | np.ndarray, cfg: WaveNetConfig) -> torch.Tensor:
+    """The inverse of :func:`encode_wave` (up to mu-law rounding): classes -> float32 wave in [-1, 1]."""
+    wave = mu_law_decode(classes, cfg.n_classes)
+    return deemphasis(wave, cfg.preemphasis).clamp(-1.0, 1.0) if cfg.preemphasis else wave
 
 
 def sampling_uniforms(n_samples: int, batch: int, seed: int) -> np.ndarray:

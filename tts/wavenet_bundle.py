@@ -79,7 +79,9 @@ def model_card(
         f"# WaveNet vocoder (Glottis) — {config.get('name', 'model')}",
         "",
         "Mel-conditioned WaveNet (van den Oord et al. 2016) with an 8-bit mu-law softmax output and Fast "
-        "WaveNet cached generation compiled with numba (`tts/wavenet.py`).",
+        "WaveNet cached generation compiled with numba (`tts/wavenet.py`)"
+        + (f"; it models the wave pre-emphasised by {m['preemphasis']} and de-emphasises what it generates "
+           "(LPCNet's noise shaping)." if m.get("preemphasis") else "."),
         "",
         f"- Parameters: {config['parameters'] / 1e6:.3f}M, stored as fp16 (computed in fp32); rounding to fp16 "
         f"changes the cross-entropy by {config['fp16_check']['cross_entropy_change']:.2e} nats/sample.",
