@@ -60,6 +60,23 @@ def batch_of(manifest: Path, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.nn.utils.rnn.pad_sequence(waves, batch_first=True), torch.tensor([w.numel() for w in waves])
 
 
+def assert_same_as_checkpoint_and_alone(from_folder, from_checkpoint, manifest: Path, n: int) -> torch.Tensor:
+    """A model folder and the checkpoint it came from give the same log-probs on a padded batch of ``n``
+    utterances, and in that batch each utterance gets its lone result (attention mask, masked
+    normalisation, a head packed by lengths). Returns the batch's lengths in samples."""
+    waves, lengths = batch_of(manifest, n)
+    with torch.inference_mode():
+        a, a_lengths = from_folder.recognizer(waves, lengths)
+        b, b_lengths = from_checkpoint.recognizer(waves, lengths)
+        alone = [from_folder.recognizer(waves[i : i + 1, : lengths[i]], lengths[i : i + 1]) for i in range(n)]
+    assert torch.equal(a_lengths, b_lengths)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    for i, (lp, frames) in enumerate(alone):
+        assert int(frames) == int(a_lengths[i])
+        torch.testing.assert_close(a[i, : int(frames)], lp[0], atol=1e-4, rtol=0)
+    return lengths
+
+
 @pytest.fixture(scope="module")
 def pretrained(asr_corpus, tmp_path_factory) -> Path:
     """``asr.wav2vec2_pretrain`` for a few steps on the fixture corpus: its ``final/`` folder."""
@@ -161,17 +178,7 @@ def test_model_folder_round_trips(finetuned, asr_corpus):
     assert isinstance(from_folder.recognizer, Wav2Vec2Recognizer)
     assert from_folder.tokenizer.to_dict() == CharTokenizer().to_dict()
     assert from_folder.recognizer.frame_shift == pytest.approx(0.02)
-    waves, lengths = batch_of(asr_corpus.manifest, 5)
-    with torch.inference_mode():
-        a, a_lengths = from_folder.recognizer(waves, lengths)
-        b, b_lengths = from_checkpoint.recognizer(waves, lengths)
-        alone = [from_folder.recognizer(waves[i : i + 1, : lengths[i]], lengths[i : i + 1]) for i in range(5)]
-    assert torch.equal(a_lengths, b_lengths)
-    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
-    # A padded batch gives each utterance its lone result (attention mask, masked normalisation).
-    for i, (lp, n) in enumerate(alone):
-        assert int(n) == int(a_lengths[i])
-        torch.testing.assert_close(a[i, : int(n)], lp[0], atol=1e-4, rtol=0)
+    assert_same_as_checkpoint_and_alone(from_folder, from_checkpoint, asr_corpus.manifest, 5)
     assert json.loads((final / "glottis.json").read_text())["step"] == FT_STEPS
 
 
@@ -291,14 +298,7 @@ def test_log_mel_model_pretrains_fine_tunes_and_round_trips(asr_corpus, tmp_path
         load_pretrained(Wav2Vec2ForCTC, pt / "final")
     from_folder, from_checkpoint = load_recognizer(ft / "final"), load_recognizer(ft / "checkpoints" / "step-00000005.pt")
     assert isinstance(from_folder.recognizer.model.wav2vec2.feature_extractor, LogMelFrontEnd)
-    waves, lengths = batch_of(asr_corpus.manifest, 3)
-    with torch.inference_mode():
-        a, a_lengths = from_folder.recognizer(waves, lengths)
-        b, _ = from_checkpoint.recognizer(waves, lengths)
-        alone = [from_folder.recognizer(waves[i : i + 1, : lengths[i]], lengths[i : i + 1]) for i in range(3)]
-    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
-    for i, (lp, n) in enumerate(alone):
-        torch.testing.assert_close(a[i, : int(n)], lp[0], atol=1e-4, rtol=0)
+    assert_same_as_checkpoint_and_alone(from_folder, from_checkpoint, asr_corpus.manifest, 3)
 
 
 def test_lstm_head_fine_tunes_from_a_pretraining_folder_and_round_trips(asr_corpus, pretrained, tmp_path):
@@ -321,16 +321,9 @@ def test_lstm_head_fine_tunes_from_a_pretraining_folder_and_round_trips(asr_corp
     from_folder, from_checkpoint = load_recognizer(ft / "final"), load_recognizer(ft / "checkpoints" / "step-00000040.pt")
     assert isinstance(from_folder.recognizer.model.lm_head, LSTMHead)
     assert from_folder.recognizer.model.lm_head.lstm.num_layers == 2
-    waves, lengths = batch_of(asr_corpus.manifest, 4)
-    with torch.inference_mode():
-        a, a_lengths = from_folder.recognizer(waves, lengths)
-        b, _ = from_checkpoint.recognizer(waves, lengths)
-        alone = [from_folder.recognizer(waves[i : i + 1, : lengths[i]], lengths[i : i + 1]) for i in range(4)]
-    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     # The head packs the padding away: in a padded batch each utterance gets its lone result.
+    lengths = assert_same_as_checkpoint_and_alone(from_folder, from_checkpoint, asr_corpus.manifest, 4)
     assert len(set(lengths.tolist())) > 1
-    for i, (lp, n) in enumerate(alone):
-        torch.testing.assert_close(a[i, : int(n)], lp[0], atol=1e-4, rtol=0)
     # A linear-head config fine-tuning this folder gets a linear head again, not the folder's LSTM.
     linear = init_ctc_model(str(ft / "final"), load_config(Wav2Vec2ExpConfig, TINY), CharTokenizer())
     assert isinstance(linear.lm_head, torch.nn.Linear)

@@ -127,8 +127,7 @@ def encode_wave(wave: torch.Tensor, cfg: WaveNetConfig) -> torch.Tensor:
 
 def decode_classes(classes: torch.Tensor | np.ndarray, cfg: WaveNetConfig) -> torch.Tensor:
     """The inverse of :func:`encode_wave` (up to mu-law rounding): classes -> float32 wave in [-1, 1]."""
-    wave = mu_law_decode(classes, cfg.n_classes)
-    return deemphasis(wave, cfg.preemphasis).clamp(-1.0, 1.0) if cfg.preemphasis else wave
+    return deemphasis(mu_law_decode(classes, cfg.n_classes), cfg.preemphasis).clamp(-1.0, 1.0)
 
 
 def sampling_uniforms(n_samples: int, batch: int, seed: int) -> np.ndarray:
