@@ -179,16 +179,21 @@ class HeadConfig:
     """What maps the transformer's frames onto the CTC outputs. ``linear``: wav2vec 2.0's own head (one
     layer; the folder loads in plain ``transformers``). ``lstm``: a BiLSTM and then that layer
     (``LSTMHead``), the downstream model of the SUPERB benchmark's recognition task, trained with the
-    body; its folder loads through ``load_pretrained`` (``glottis transcribe``), not in plain HF."""
+    body; its folder loads through ``load_pretrained`` (``glottis transcribe``), not in plain HF.
+    ``mix_layers`` (``lstm`` only): the BiLSTM reads a learnt softmax-weighted sum of every hidden state,
+    the transformer's input included, each layer-normed first (SUPERB's featuriser), not the last one."""
 
     kind: str = "linear"
     lstm_hidden: int = 256  # per direction
     lstm_layers: int = 1
     lstm_dropout: float = 0.1  # between LSTM layers and before the output layer
+    mix_layers: bool = False
 
     def __post_init__(self):
         if self.kind not in ("linear", "lstm"):
             raise ValueError(f"head.kind must be 'linear' or 'lstm', not {self.kind!r}")
+        if self.mix_layers and self.kind != "lstm":
+            raise ValueError("head.mix_layers needs head.kind 'lstm'")
 
 
 @dataclass(frozen=True)
@@ -307,26 +312,77 @@ class LSTMHead(nn.Module):
     layer onto the CTC outputs. ``(B, frames, hidden) -> (B, frames, vocab)``. Given ``lengths`` (what
     ``Wav2Vec2Recognizer`` passes) the padded frames are packed away, so padding a batch changes no valid
     output; HF's own ``forward`` calls it without, over every frame. Its size is the config's extra key
-    ``glottis_head`` (``{"kind": "lstm", "hidden", "layers", "dropout"}``)."""
+    ``glottis_head`` (``{"kind": "lstm", "hidden", "layers", "dropout", "mix_layers"}``).
+
+    With ``mix_layers`` it takes the tuple of all ``num_hidden_layers + 1`` hidden states
+    (``output_hidden_states=True``) and mixes them by ``layer_weights`` (``mix``); HF's own ``forward``
+    passes only the last one, so such a model runs through ``Wav2Vec2Recognizer``."""
 
     def __init__(self, config: Wav2Vec2Config):
         super().__init__()
         spec = config.glottis_head
         hidden, layers, dropout = int(spec["hidden"]), int(spec["layers"]), float(spec["dropout"])
+        self.mix_layers = bool(spec.get("mix_layers", False))
+        if self.mix_layers:  # zeros: an even mix to start with
+            self.layer_weights = nn.Parameter(torch.zeros(config.num_hidden_layers + 1))
         self.lstm = nn.LSTM(config.hidden_size, hidden, num_layers=layers, batch_first=True,
                             bidirectional=True, dropout=dropout if layers > 1 else 0.0)
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(2 * hidden, config.vocab_size)
 
-    def forward(self, hidden_states: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    def mix(self, hidden_states: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``num_hidden_layers + 1`` tensors ``(B, frames, hidden)`` -> their weighted sum, each layer-normed."""
+        if len(hidden_states) != len(self.layer_weights):
+            raise ValueError(f"the head mixes {len(self.layer_weights)} hidden states, got {len(hidden_states)}")
+        stacked = torch.stack(hidden_states)  # (layers + 1, B, frames, hidden)
+        stacked = nn.functional.layer_norm(stacked, stacked.shape[-1:])
+        weights = self.layer_weights.softmax(0).to(stacked.dtype)
+        return (weights[:, None, None, None] * stacked).sum(0)
+
+    def forward(self, hidden_states: torch.Tensor | Sequence[torch.Tensor],
+                lengths: torch.Tensor | None = None) -> torch.Tensor:
+        if self.mix_layers:
+            if isinstance(hidden_states, torch.Tensor):
+                raise TypeError("this LSTM head mixes every hidden state: pass them all (output_hidden_states=True), "
+                                "e.g. through asr.wav2vec2.Wav2Vec2Recognizer, not HF's Wav2Vec2ForCTC.forward")
+            hidden_states = self.mix(hidden_states)
+        return self.lstm_forward(hidden_states, lengths)
+
+    def lstm_forward(self, features: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, frames, hidden)`` (the last or the mixed hidden states) -> ``(B, frames, vocab)`` logits."""
         if lengths is None:
-            x, _ = self.lstm(hidden_states)
+            x, _ = self.lstm(features)
         else:
-            packed = nn.utils.rnn.pack_padded_sequence(hidden_states, lengths.clamp(min=1).cpu(),
+            packed = nn.utils.rnn.pack_padded_sequence(features, lengths.clamp(min=1).cpu(),
                                                        batch_first=True, enforce_sorted=False)
             x, _ = self.lstm(packed)
-            x, _ = nn.utils.rnn.pad_packed_sequence(x, batch_first=True, total_length=hidden_states.shape[1])
+            x, _ = nn.utils.rnn.pad_packed_sequence(x, batch_first=True, total_length=features.shape[1])
         return self.out(self.dropout(x))
+
+
+def every_hidden_state(wav2vec2: nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -> list[torch.Tensor]:
+    """``num_hidden_layers + 1`` tensors ``(B, frames, hidden)``: the transformer's input (the projected,
+    masked frames) and each of its layers' outputs. Recorded by hooks rather than read from HF's
+    ``hidden_states``, which under LayerDrop leave a skipped layer out (and, all skipped, hold nothing): a
+    skipped layer passes its input on, so that input stands in for its output."""
+    recorded: dict[int, torch.Tensor] = {}
+
+    def keep(index):
+        def hook(_module, args, output):
+            recorded[index] = args[0] if index < 0 else output
+        return hook
+
+    hooks = [wav2vec2.encoder.register_forward_hook(keep(-1))]  # args[0]: the encoder's input
+    hooks += [layer.register_forward_hook(keep(i)) for i, layer in enumerate(wav2vec2.encoder.layers)]
+    try:
+        wav2vec2(x, attention_mask=mask)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    states = [recorded[-1]]
+    for i in range(len(wav2vec2.encoder.layers)):
+        states.append(recorded.get(i, states[-1]))
+    return states
 
 
 def uses_log_mel(config: Wav2Vec2Config) -> bool:
@@ -385,7 +441,7 @@ def _ctc_overrides(cfg: Wav2Vec2ExpConfig, tokenizer: Tokenizer) -> dict:
         "ctc_zero_infinity": True,
         "glottis_head": None if cfg.head.kind == "linear" else {
             "kind": cfg.head.kind, "hidden": cfg.head.lstm_hidden, "layers": cfg.head.lstm_layers,
-            "dropout": cfg.head.lstm_dropout},
+            "dropout": cfg.head.lstm_dropout, "mix_layers": cfg.head.mix_layers},
         **{k: getattr(f, k) for k in ("hidden_dropout", "attention_dropout", "activation_dropout",
                                       "feat_proj_dropout", "final_dropout", "layerdrop")},
     }
@@ -450,10 +506,14 @@ class Wav2Vec2Recognizer(nn.Module):
             waves = nn.functional.pad(waves, (0, self.feature_config.n_fft - waves.shape[1]))
         x, valid = normalize_waves(waves, lengths)
         mask = valid.long() if self.use_attention_mask else None
-        if isinstance(self.model.lm_head, LSTMHead):  # HF's forward, with the lengths the head packs by
-            hidden = self.model.dropout(self.model.wav2vec2(x, attention_mask=mask).last_hidden_state)
+        head = self.model.lm_head
+        if isinstance(head, LSTMHead):  # HF's forward, with the lengths the head packs by
+            if head.mix_layers:
+                hidden = self.model.dropout(head.mix(every_hidden_state(self.model.wav2vec2, x, mask)))
+            else:
+                hidden = self.model.dropout(self.model.wav2vec2(x, attention_mask=mask).last_hidden_state)
             out_lengths = self.output_lengths(lengths).clamp(max=hidden.shape[1])
-            logits = self.model.lm_head(hidden, out_lengths)
+            logits = head.lstm_forward(hidden, out_lengths)
         else:
             logits = self.model(x, attention_mask=mask).logits  # (B, frames, vocab)
             out_lengths = self.output_lengths(lengths).clamp(max=logits.shape[1])

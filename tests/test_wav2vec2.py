@@ -30,6 +30,7 @@ from asr.wav2vec2 import (  # noqa: E402
     Wav2Vec2Recognizer,
     build_processor,
     decode_labels,
+    every_hidden_state,
     init_ctc_model,
     load_pretrained,
 )
@@ -329,3 +330,44 @@ def test_lstm_head_fine_tunes_from_a_pretraining_folder_and_round_trips(asr_corp
     assert isinstance(linear.lm_head, torch.nn.Linear)
     with pytest.raises(ValueError, match="head.kind"):
         load_config(Wav2Vec2ExpConfig, TINY, ["head.kind=transformer"])
+
+
+def test_mixing_head_reads_every_hidden_state_and_round_trips(asr_corpus, tmp_path):
+    cfg = load_config(Wav2Vec2ExpConfig, TINY, ["head.kind=lstm", "head.lstm_hidden=16", "head.mix_layers=true"])
+    model = init_ctc_model("random", cfg, CharTokenizer()).eval()
+    head = model.lm_head
+    layers = model.config.num_hidden_layers + 1
+    assert head.mix_layers and head.layer_weights.shape == (layers,)
+    waves, lengths = batch_of(asr_corpus.manifest, 2)
+    with torch.inference_mode():
+        hidden = every_hidden_state(model.wav2vec2, waves, None)
+        hf = model.wav2vec2(waves, output_hidden_states=True)  # [0]: after the positional convolution
+        torch.testing.assert_close(hidden[1:], list(hf.hidden_states[1:]))
+        torch.testing.assert_close(hidden[0], model.wav2vec2.feature_projection.projection(hf.extract_features))
+        assert len(hidden) == layers
+        even = head.mix(hidden)  # zeros: every layer-normed state weighs 1 / layers
+        normed = [torch.nn.functional.layer_norm(h, h.shape[-1:]) for h in hidden]
+        torch.testing.assert_close(even, sum(normed) / layers)
+        head.layer_weights[0] = 50.0  # all the weight on the transformer's input
+        torch.testing.assert_close(head.mix(hidden), normed[0], atol=1e-5, rtol=0)
+        with pytest.raises(TypeError, match="every hidden state"):  # HF's forward passes the last one only
+            model(waves)
+        # Under LayerDrop HF leaves a skipped layer's state out; its input (what it passes on) stands in.
+        model.train()
+        model.config.layerdrop = 1.0
+        dropped = every_hidden_state(model.wav2vec2, waves, None)
+        assert len(dropped) == layers and all(torch.equal(h, dropped[0]) for h in dropped)
+    with pytest.raises(ValueError, match="mix_layers"):
+        load_config(Wav2Vec2ExpConfig, TINY, ["head.mix_layers=true"])
+    # Fine-tuned, the weights train with the head, and the folder gives the checkpoint's outputs.
+    ft = tmp_path / "ft"
+    assert wav2vec2_main(["finetune", "--config", str(TINY), "--exp-dir", str(ft), "--train",
+                          str(asr_corpus.manifest), "--dev", str(asr_corpus.manifest), "--tokenizer",
+                          str(asr_corpus.tokenizer), "--init", "random", "--set", "finetune.total_steps=6",
+                          "--set", "finetune.average_last=1", "--set", "head.kind=lstm", "--set",
+                          "head.lstm_hidden=16", "--set", "head.mix_layers=true", "--threads", "1",
+                          "--device", "cpu"]) == 0
+    from_folder, from_checkpoint = load_recognizer(ft / "final"), load_recognizer(ft / "checkpoints" / "step-00000006.pt")
+    trained = from_folder.recognizer.model.lm_head.layer_weights
+    assert trained.abs().max() > 0 and torch.equal(trained, from_checkpoint.recognizer.model.lm_head.layer_weights)
+    assert_same_as_checkpoint_and_alone(from_folder, from_checkpoint, asr_corpus.manifest, 3)
