@@ -314,9 +314,9 @@ class LSTMHead(nn.Module):
     output; HF's own ``forward`` calls it without, over every frame. Its size is the config's extra key
     ``glottis_head`` (``{"kind": "lstm", "hidden", "layers", "dropout", "mix_layers"}``).
 
-    With ``mix_layers`` it takes the tuple of all ``num_hidden_layers + 1`` hidden states
-    (``output_hidden_states=True``) and mixes them by ``layer_weights`` (``mix``); HF's own ``forward``
-    passes only the last one, so such a model runs through ``Wav2Vec2Recognizer``."""
+    With ``mix_layers`` it takes all ``num_hidden_layers + 1`` hidden states (``every_hidden_state``) and
+    mixes them by ``layer_weights`` (``mix``); HF's own ``forward`` passes only the last one, so such a
+    model runs through ``Wav2Vec2Recognizer``."""
 
     def __init__(self, config: Wav2Vec2Config):
         super().__init__()
@@ -343,7 +343,7 @@ class LSTMHead(nn.Module):
                 lengths: torch.Tensor | None = None) -> torch.Tensor:
         if self.mix_layers:
             if isinstance(hidden_states, torch.Tensor):
-                raise TypeError("this LSTM head mixes every hidden state: pass them all (output_hidden_states=True), "
+                raise TypeError("this LSTM head mixes every hidden state: pass them all (every_hidden_state), "
                                 "e.g. through asr.wav2vec2.Wav2Vec2Recognizer, not HF's Wav2Vec2ForCTC.forward")
             hidden_states = self.mix(hidden_states)
         return self.lstm_forward(hidden_states, lengths)
@@ -364,7 +364,8 @@ def every_hidden_state(wav2vec2: nn.Module, x: torch.Tensor, mask: torch.Tensor 
     """``num_hidden_layers + 1`` tensors ``(B, frames, hidden)``: the transformer's input (the projected,
     masked frames) and each of its layers' outputs. Recorded by hooks rather than read from HF's
     ``hidden_states``, which under LayerDrop leave a skipped layer out (and, all skipped, hold nothing): a
-    skipped layer passes its input on, so that input stands in for its output."""
+    skipped layer passes its input on, so that input stands in for its output. The last state is the last
+    layer's output before a stable-layer-norm encoder's final layer norm (``mix`` layer-norms each state)."""
     recorded: dict[int, torch.Tensor] = {}
 
     def keep(index):
