@@ -314,9 +314,9 @@ class LSTMHead(nn.Module):
     output; HF's own ``forward`` calls it without, over every frame. Its size is the config's extra key
     ``glottis_head`` (``{"kind": "lstm", "hidden", "layers", "dropout", "mix_layers"}``).
 
-    With ``mix_layers`` it takes all ``num_hidden_layers + 1`` hidden states (``every_hidden_state``) and
-    mixes them by ``layer_weights`` (``mix``); HF's own ``forward`` passes only the last one, so such a
-    model runs through ``Wav2Vec2Recognizer``."""
+    With ``mix_layers`` its input is ``mix`` of all ``num_hidden_layers + 1`` hidden states
+    (``every_hidden_state``), weighted by ``layer_weights``, then ``lstm_forward``; HF's own ``forward``
+    passes only the last one, so such a model runs through ``Wav2Vec2Recognizer`` and ``forward`` refuses."""
 
     def __init__(self, config: Wav2Vec2Config):
         super().__init__()
@@ -339,13 +339,10 @@ class LSTMHead(nn.Module):
         weights = self.layer_weights.softmax(0).to(stacked.dtype)
         return (weights[:, None, None, None] * stacked).sum(0)
 
-    def forward(self, hidden_states: torch.Tensor | Sequence[torch.Tensor],
-                lengths: torch.Tensor | None = None) -> torch.Tensor:
-        if self.mix_layers:
-            if isinstance(hidden_states, torch.Tensor):
-                raise TypeError("this LSTM head mixes every hidden state: pass them all (every_hidden_state), "
-                                "e.g. through asr.wav2vec2.Wav2Vec2Recognizer, not HF's Wav2Vec2ForCTC.forward")
-            hidden_states = self.mix(hidden_states)
+    def forward(self, hidden_states: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        if self.mix_layers:  # HF's forward passes the last hidden state only
+            raise TypeError("this LSTM head mixes every hidden state (every_hidden_state): run the model "
+                            "through asr.wav2vec2.Wav2Vec2Recognizer, not HF's Wav2Vec2ForCTC.forward")
         return self.lstm_forward(hidden_states, lengths)
 
     def lstm_forward(self, features: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
