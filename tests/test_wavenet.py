@@ -18,7 +18,6 @@ from audio.config import load_config
 from audio.features import deemphasis
 from audio.io import load
 from audio.training import CheckpointManager
-from tts.spectrogram import TargetExtractor
 from tts.vocode import Vocoder, load_vocoder
 from tts.vocoder_train import VocoderConfig, WindowCorpus, add_input_noise, build_model
 from tts.vocoder_train import main as train_main
@@ -28,7 +27,6 @@ from tts.wavenet import (
     WaveNetConfig,
     decode_classes,
     encode_wave,
-    griffin_lim_prior,
     mu_law_decode,
     mu_law_encode,
 )
@@ -223,108 +221,6 @@ def test_generate_rejects_too_many_samples():
     model = tiny_net()
     with pytest.raises(ValueError, match="cannot generate"):
         FastGenerator(model).generate(torch.rand(1, 3, 8), n_samples=3 * 16 + 1)
-
-
-# --- the Griffin-Lim prior ------------------------------------------------------------------------
-
-
-def tiny_prior_net(seed: int = 0) -> WaveNet:
-    """A tiny model with a prior whose projection is random (it starts at zero, which would hide bugs)."""
-    torch.manual_seed(seed)
-    cfg = WaveNetConfig(
-        n_mels=8, hop_length=16, residual_channels=8, skip_channels=12, max_dilation=8, cond_channels=8,
-        prior_iterations=4, prior_channels=4, prior_layers=2, prior_kernel=5,
-    )
-    model = WaveNet(cfg).eval()
-    torch.nn.init.normal_(model.prior_net.proj.weight, std=0.5)
-    torch.nn.init.normal_(model.prior_net.proj.bias, std=0.5)
-    return model
-
-
-def test_prior_generators_equal_the_parallel_pass_and_each_other():
-    model = tiny_prior_net(3)
-    mel, n = torch.rand(2, 6, 8), 70
-    prior = 0.3 * torch.randn(2, n)
-    inputs = torch.randint(0, 256, (2, n))
-    with torch.no_grad():
-        parallel = model(inputs, mel, prior=prior)
-        _, incremental = model.incremental_forward(mel, teacher=inputs, prior=prior)
-    fast = FastGenerator(model).teacher_forced_logits(mel, inputs, prior)
-    assert (incremental - parallel).abs().max() < 1e-5 and (fast - parallel).abs().max() < 1e-5
-    naive = model.naive_generate(mel, n_samples=n, seed=4, prior=prior)
-    cached, _ = model.incremental_forward(mel, n_samples=n, seed=4, prior=prior)
-    assert torch.equal(naive, cached) and torch.equal(cached, FastGenerator(model).generate(mel, n_samples=n, seed=4, prior=prior))
-    # The prior is read, and looked ahead into by at most its margin: a change at sample 30 moves no
-    # output before 30 - margin (later outputs also see it through the causal stack's receptive field).
-    changed = prior.clone()
-    changed[:, 30] += 0.5
-    with torch.no_grad():
-        moved = (model(inputs, mel, prior=changed) - parallel).abs().amax(dim=(0, 2))
-    margin = model.cfg.prior_margin
-    assert moved[30 - margin : 30 + margin + 1].max() > 1e-3
-    assert moved[: 30 - margin].max() == 0
-
-
-def test_a_prior_model_needs_its_prior_and_a_plain_one_refuses_one():
-    with pytest.raises(ValueError, match="prior="):
-        tiny_prior_net()(torch.zeros(1, 20, dtype=torch.long), torch.rand(1, 3, 8))
-    with pytest.raises(ValueError, match="no Griffin-Lim prior"):
-        tiny_net()(torch.zeros(1, 20, dtype=torch.long), torch.rand(1, 3, 8), prior=torch.zeros(1, 20))
-    with pytest.raises(ValueError, match="expected a"):
-        tiny_prior_net()(torch.zeros(1, 20, dtype=torch.long), torch.rand(1, 3, 8), prior=torch.zeros(1, 19))
-
-
-def test_prior_windows_match_the_whole_utterance_and_are_cached(corpus, tmp_path):
-    cfg = load_config(VocoderConfig, TINY, ["model.prior_iterations=8"])
-    cache = tmp_path / "priors.pt"
-    data = WindowCorpus(corpus / "train.jsonl", cfg, prior_cache=cache)
-    assert cache.exists()
-    wave, _ = load(corpus / "train1.wav", SR)
-    mel = data.mels[1][data.margin : len(data.mels[1]) - data.margin].float()  # kept in fp16
-    exact_mel = TargetExtractor(cfg.features, cfg.scale)(wave.unsqueeze(0))[0][0]
-    expected = griffin_lim_prior(exact_mel, cfg.model, cfg.features, cfg.scale, wave.shape[0])
-    margin = cfg.model.prior_margin
-    torch.testing.assert_close(data.priors[1][margin:-margin].float(), expected, atol=2e-3, rtol=2e-3)
-    # Griffin-Lim from the mel resembles the wave it came from (the mel is of the pre-emphasised wave,
-    # de-emphasised again): a real reconstruction, not noise.
-    assert torch.corrcoef(torch.stack([expected.abs(), wave.abs()]))[0, 1] > 0.3
-    model = build_model(cfg).eval()
-    torch.nn.init.normal_(model.prior_net.proj.weight, std=0.5)
-    inputs, targets, window_mel, prior = data.window_at(1, 5)
-    hop, n = cfg.features.hop_length, cfg.train.window_frames * cfg.features.hop_length
-    assert prior.shape == (n + 2 * margin,)
-    whole_inputs = torch.cat([torch.tensor([model.silence]), data.classes[1][:-1].long()]).unsqueeze(0)
-    whole_prior = data.priors[1][margin:-margin].float().unsqueeze(0)
-    with torch.no_grad():
-        whole = model(whole_inputs, mel.unsqueeze(0), prior=whole_prior)[0, 5 * hop : 5 * hop + n]
-        window = model(inputs.unsqueeze(0), window_mel.unsqueeze(0), padded=True, prior=prior.unsqueeze(0))[0]
-    field = model.cfg.receptive_field
-    assert torch.allclose(window[field:], whole[field:], atol=1e-5)
-    # A second corpus reads the cache instead of running Griffin-Lim again.
-    torch.save({**torch.load(cache), "priors": {k: torch.zeros_like(v) for k, v in torch.load(cache)["priors"].items()}}, cache)
-    assert WindowCorpus(corpus / "train.jsonl", cfg, prior_cache=cache).priors[1].abs().max() == 0
-    other = load_config(VocoderConfig, TINY, ["model.prior_iterations=9"])
-    assert WindowCorpus(corpus / "train.jsonl", other, prior_cache=cache).priors[1].abs().max() > 0
-
-
-def test_a_prior_model_trains_from_a_plain_bundle_and_vocodes(corpus, bundle, tmp_path):
-    exp = tmp_path / "prior"
-    args = ["--config", str(TINY), "--exp-dir", str(exp), "--train", str(corpus / "train.jsonl"),
-            "--dev", str(corpus / "dev.jsonl"), "--no-progress", "--init", str(bundle),
-            "--set", "model.prior_iterations=8", "--set", "train.total_steps=16"]
-    assert train_main(args) == 0
-    final = CheckpointManager.load(exp / "final.pt")
-    assert final["init"] == str(bundle)
-    plain = load_file(str(bundle / "model.safetensors"))
-    assert set(final["model"]) - set(plain) == {k for k in final["model"] if k.startswith("prior_net.")}
-    assert final["model"]["prior_net.proj.weight"].abs().max() > 0  # it learnt to read the prior
-    assert (exp / "priors_train.pt").exists() and (exp / "samples" / "step-00000015.wav").exists()
-    vocoder = Vocoder(exp / "final.pt")
-    mel = vocoder.mel(torch.from_numpy(voiced(0.3, 120.0, seed=5)))
-    assert vocoder.vocode(mel).shape == ((mel.shape[0] - 1) * 256,)
-    folder = export_vocoder(exp / "final.pt", tmp_path / "prior_bundle")
-    assert load_vocoder(folder).model.cfg.prior_iterations == 8
-    assert Vocoder(folder).vocode(mel).abs().max() > 0
 
 
 # --- training -------------------------------------------------------------------------------------

@@ -1,8 +1,7 @@
 """The compiled inner loop of :class:`tts.wavenet.FastGenerator` (numba; imported on first use).
 
 Per sample and utterance it does only what depends on the previous sample: the embedding lookup, per layer
-one fused ``(2R, 2R)`` mat-vec over ``[h(t - d); h(t)]`` plus the interpolated frame-rate conditioning
-(and, with a Griffin-Lim prior, a ``(2R, P)`` mat-vec of the prior net's features for this sample),
+one fused ``(2R, 2R)`` mat-vec over ``[h(t - d); h(t)]`` plus the interpolated frame-rate conditioning,
 the gated unit, one ``(R + S, R)`` mat-vec for residual and skip, then the two output layers and
 inverse-CDF sampling. The batch loop sits inside the layer loop so that a layer's weights, once in L1,
 serve every utterance. tanh and the logistic use a rational approximation (Eigen's ``ptanh_float``,
@@ -51,9 +50,6 @@ def wavenet_loop(
     dilations,  # (L,) int64
     offsets,  # (L + 1,) int64: layer l's queue is rows offsets[l]:offsets[l + 1]
     cond,  # (B, frames + 1, L, 2R) float32 frame-rate gate biases
-    prior_feats,  # (n, B, P) float32 prior-net features per sample, or (0, B, 0) for no prior
-    prior_w,  # (L, 2R, P) their projection onto each layer's gate bias
-    prior_b,  # (L, 2R)
     hop,  # samples per frame
     n,  # samples to produce
     teacher,  # (n, B) int64 inputs, or (0, B) to feed back the samples
@@ -70,8 +66,6 @@ def wavenet_loop(
     batch = cond.shape[0]
     use_teacher = teacher.shape[0] > 0
     keep_logits = logits_out.shape[0] > 0
-    use_prior = prior_feats.shape[0] > 0
-    n_prior = prior_w.shape[2]
     queue = np.zeros((offsets[n_layers], batch, r), dtype=np.float32)
     h = np.empty((batch, r), dtype=np.float32)
     skips = np.empty((batch, s), dtype=np.float32)
@@ -108,10 +102,6 @@ def wavenet_loop(
                 c1 = cond[b, frame + 1, layer]
                 for o in range(r2):
                     acc = gate_b[layer, o] + c0[o] * rest + c1[o] * frac
-                    if use_prior:
-                        acc += prior_b[layer, o]
-                        for f in range(n_prior):
-                            acc += prior_w[layer, o, f] * prior_feats[t, b, f]
                     for i in range(r2):
                         acc += w[o, i] * x2[i]
                     a[o] = acc

@@ -37,7 +37,7 @@ from audio.features import FeatureConfig
 from audio.io import AudioError, load, save
 from audio.training import CheckpointManager, set_threads
 from tts.spectrogram import SpectrogramScale, TargetExtractor
-from tts.wavenet import FastGenerator, WaveNet, WaveNetConfig, decode_classes, griffin_lim_prior
+from tts.wavenet import FastGenerator, WaveNet, WaveNetConfig, decode_classes
 
 log = logging.getLogger(__name__)
 
@@ -161,20 +161,10 @@ class Vocoder:
         batch = torch.zeros(len(mels), frames, self.n_mels)
         for i, mel in enumerate(mels):
             batch[i, : mel.shape[0]] = mel.float().clamp(0.0, 1.0)
-        prior = None
-        if self.loaded.model.cfg.has_prior:
-            prior = torch.zeros(len(mels), max(lengths))
-            for i, (mel, n) in enumerate(zip(mels, lengths, strict=True)):
-                prior[i, :n] = self.prior(mel.float().clamp(0.0, 1.0), n)
         classes = self.generator.generate(
-            batch, n_samples=max(lengths), seed=self.seed, temperature=self.temperature, prior=prior
+            batch, n_samples=max(lengths), seed=self.seed, temperature=self.temperature
         )
         return [decode_classes(classes[i, :n], self.loaded.model.cfg) for i, n in enumerate(lengths)]
-
-    def prior(self, mel: torch.Tensor, n_samples: int) -> torch.Tensor:
-        """The Griffin-Lim prior wave of a ``(frames, n_mels)`` mel, for a model with one (as in training)."""
-        loaded = self.loaded
-        return griffin_lim_prior(mel, loaded.model.cfg, loaded.feature_config, loaded.scale, n_samples)
 
     def vocode(self, mel: torch.Tensor, n_samples: int | None = None) -> torch.Tensor:
         """``(frames, n_mels)`` normalised mel -> ``(samples,)`` float32 wave."""

@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from audio.atomic import atomic_path
 from audio.config import load_config, save_config, to_dict
 from audio.features import FeatureConfig
 from audio.io import load, save
@@ -45,15 +44,7 @@ from audio.training import (
     write_final,
 )
 from tts.spectrogram import TTS_FEATURES, SpectrogramScale, TargetExtractor
-from tts.wavenet import (
-    FastGenerator,
-    WaveNet,
-    WaveNetConfig,
-    decode_classes,
-    encode_wave,
-    griffin_lim_prior,
-    mu_law_encode,
-)
+from tts.wavenet import FastGenerator, WaveNet, WaveNetConfig, decode_classes, encode_wave, mu_law_encode
 
 log = logging.getLogger("tts.vocoder_train")
 
@@ -129,9 +120,7 @@ class WindowCorpus:
 
     A window of ``W`` frames starting at frame ``f`` gives ``inputs (W * hop,)`` (the previous samples'
     classes; the silence class before an utterance), ``targets (W * hop,)`` and ``mel (W + 1 + 2 * margin,
-    n_mels)``, the frames ``f - margin .. f + W + margin``. For a model with a Griffin-Lim prior it also
-    gives ``prior (W * hop + 2 * prior_margin,)``, the prior wave of the targets with its context (zeros
-    outside the utterance). The priors (fp16) are computed once and kept in ``prior_cache`` if given.
+    n_mels)``, the frames ``f - margin .. f + W + margin``.
     """
 
     def __init__(
@@ -142,7 +131,6 @@ class WindowCorpus:
         limit: int = 0,
         desc: str = "load",
         progress: bool = False,
-        prior_cache: str | Path | None = None,
     ):
         records = read_manifest(manifest)
         if limit and len(records) > limit:
@@ -152,9 +140,7 @@ class WindowCorpus:
         self.margin = cfg.model.cond_margin
         self.window = cfg.train.window_frames
         extractor = TargetExtractor(cfg.features, cfg.scale)
-        self.ids, self.mels, self.classes, self.priors = [], [], [], []
-        self.prior_margin = cfg.model.prior_margin if cfg.model.has_prior else 0
-        cached = _read_prior_cache(prior_cache, cfg)
+        self.ids, self.mels, self.classes = [], [], []
         seconds = 0.0
         for record in tqdm(records, desc=desc, unit="utt", leave=False, disable=not progress):
             wave, _ = load(resolve_audio(manifest, record), cfg.features.sample_rate)
@@ -166,26 +152,18 @@ class WindowCorpus:
             self.ids.append(record.id)
             self.mels.append(F.pad(mel[0].T, (self.margin, self.margin)).T.half())  # (T + 2 * margin, M)
             self.classes.append(encode_wave(wave, cfg.model).to(torch.uint8))
-            if cfg.model.has_prior:
-                prior = cached.get(record.id)
-                if prior is None or prior.shape[0] != wave.shape[0]:
-                    prior = griffin_lim_prior(mel[0], cfg.model, cfg.features, cfg.scale, wave.shape[0]).half()
-                    cached[record.id] = prior
-                self.priors.append(F.pad(prior, (self.prior_margin, self.prior_margin)))
             seconds += wave.shape[0] / cfg.features.sample_rate
         if not self.ids:
             raise ValueError(f"{manifest}: no utterance is longer than a training window")
         # Window starts: any frame whose window lies inside the wave.
         self.starts = torch.tensor([len(c) // self.hop - self.window for c in self.classes])  # (U,) >= 1
         self.silence = int(mu_law_encode(torch.zeros(()), cfg.model.n_classes))
-        if cfg.model.has_prior and prior_cache is not None:
-            _write_prior_cache(prior_cache, cfg, cached)
         log.info("%s: %d utterances, %.2f h in memory", manifest, len(self.ids), seconds / 3600)
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def window_at(self, utt: int, frame: int) -> tuple[torch.Tensor, ...]:
+    def window_at(self, utt: int, frame: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         first, n = frame * self.hop, self.window * self.hop
         classes = self.classes[utt]
         targets = classes[first : first + n].long()
@@ -194,40 +172,16 @@ class WindowCorpus:
         else:
             inputs = classes[first - 1 : first + n - 1].long()
         mel = self.mels[utt][frame : frame + self.window + 1 + 2 * self.margin].float()
-        if not self.priors:
-            return inputs, targets, mel
-        return inputs, targets, mel, self.priors[utt][first : first + n + 2 * self.prior_margin].float()
+        return inputs, targets, mel
 
     def sample(self, batch: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """``batch`` windows, utterances drawn in proportion to their length.
 
-        Returns ``{"inputs": (B, N) int64, "targets": (B, N) int64, "mel": (B, W + 1 + 2 margin, M)}``, and
-        ``"prior": (B, N + 2 prior_margin)`` for a model with a prior."""
+        Returns ``{"inputs": (B, N) int64, "targets": (B, N) int64, "mel": (B, W + 1 + 2 margin, M)}``."""
         utts = torch.multinomial(self.starts.float(), batch, replacement=True, generator=generator)
         frames = (torch.rand(batch, generator=generator) * (self.starts[utts] + 1)).long()
         items = [self.window_at(int(u), int(f)) for u, f in zip(utts, frames, strict=True)]
-        keys = ("inputs", "targets", "mel", "prior")[: len(items[0])]
-        return {k: torch.stack([it[i] for it in items]) for i, k in enumerate(keys)}
-
-
-def _read_prior_cache(path: str | Path | None, cfg: VocoderConfig) -> dict[str, torch.Tensor]:
-    """The cached priors if ``path`` holds ones made with these settings, else an empty dict."""
-    if path is None or not Path(path).exists():
-        return {}
-    cache = torch.load(path, weights_only=True)
-    if cache.get("settings") != _prior_settings(cfg):
-        log.info("%s: made with other settings; computing the priors again", path)
-        return {}
-    return dict(cache["priors"])
-
-
-def _write_prior_cache(path: str | Path, cfg: VocoderConfig, priors: dict[str, torch.Tensor]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({"settings": _prior_settings(cfg), "priors": priors}, tmp)
-
-
-def _prior_settings(cfg: VocoderConfig) -> dict:
-    return {"iterations": cfg.model.prior_iterations, "features": to_dict(cfg.features), "scale": to_dict(cfg.scale)}
+        return {k: torch.stack([it[i] for it in items]) for i, k in enumerate(("inputs", "targets", "mel"))}
 
 
 def add_input_noise(
@@ -244,8 +198,7 @@ def add_input_noise(
 
 def window_loss(model: WaveNet, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
     """Mean cross-entropy (nats per sample) of a batch of windows."""
-    prior = batch["prior"].to(device) if "prior" in batch else None
-    logits = model(batch["inputs"].to(device), batch["mel"].to(device), padded=True, prior=prior)  # (B, N, K)
+    logits = model(batch["inputs"].to(device), batch["mel"].to(device), padded=True)  # (B, N, K)
     return F.cross_entropy(logits.flatten(0, 1), batch["targets"].to(device).flatten())  # (B*N, K), (B*N,)
 
 
@@ -267,10 +220,7 @@ def evaluate(
     frames = max(2, int(cfg.train.dev_sample_seconds * cfg.features.sample_rate / dev.hop))
     mel = dev.mels[0][dev.margin : dev.margin + frames + 1].float().unsqueeze(0)  # (1, frames + 1, M)
     n = frames * dev.hop
-    prior = None
-    if dev.priors:
-        prior = dev.priors[0][dev.prior_margin : dev.prior_margin + n].float().unsqueeze(0)  # (1, n)
-    classes = FastGenerator(model).generate(mel, n_samples=n, seed=cfg.train.seed, prior=prior)
+    classes = FastGenerator(model).generate(mel, n_samples=n, seed=cfg.train.seed)
     stem = exp_dir / "samples" / f"step-{step:08d}"
     stem.parent.mkdir(parents=True, exist_ok=True)
     save(f"{stem}.wav", decode_classes(classes[0], cfg.model), cfg.features.sample_rate)
@@ -317,18 +267,11 @@ def train(cfg: VocoderConfig, args: argparse.Namespace) -> Path:
         cfg.train.window_frames * cfg.features.hop_length,
     )
     corpus = WindowCorpus(
-        args.train,
-        cfg,
-        limit=cfg.train.max_utterances,
-        desc="load train",
-        progress=args.progress,
-        prior_cache=exp_dir / "priors_train.pt",
+        args.train, cfg, limit=cfg.train.max_utterances, desc="load train", progress=args.progress
     )
     dev = dev_batches = None
     if args.dev:
-        dev = WindowCorpus(
-            args.dev, cfg, limit=cfg.train.dev_max_utterances, desc="load dev", prior_cache=exp_dir / "priors_dev.pt"
-        )
+        dev = WindowCorpus(args.dev, cfg, limit=cfg.train.dev_max_utterances, desc="load dev")
         dev_batches = _fixed_dev_batches(dev, cfg)
 
     optimizer = torch.optim.AdamW(
@@ -353,8 +296,7 @@ def train(cfg: VocoderConfig, args: argparse.Namespace) -> Path:
         step, best = state["step"], state.get("best_dev_loss", math.inf)
         log.info("resumed from %s at step %d", latest, step)
     elif args.init:
-        # A model gaining a prior starts from one without: its prior net keeps its (zero-output) init.
-        load_init_weights(model, args.init, skip=("prior_net",) if cfg.model.has_prior else ())
+        load_init_weights(model, args.init)
     logger = TrainLogger(exp_dir)
 
     def snapshot() -> dict:

@@ -24,14 +24,6 @@ per-layer 1x1 projections: projecting at frame rate and interpolating is exactly
 interpolating first, and ``hop`` (256) times cheaper. Generation therefore never materialises per-sample
 conditioning; it interpolates two frame vectors per layer and sample.
 
-**Griffin-Lim prior** (``prior_iterations > 0``, off by default). A small WaveNet trained for hours on a
-CPU gets the spectral envelope right but not the harmonic fine structure, which Griffin-Lim, given the
-same mel, recovers with consistent phase. With a prior the caller also passes the Griffin-Lim
-reconstruction of the mel (``tts.spectrogram.mel_to_wave``, a deterministic function of the mel); a
-non-causal conv net reads it around each sample, and a linear map adds its features to every layer's gate
-bias, so the WaveNet learns to correct Griffin-Lim rather than to invent the harmonics. The map starts at
-zero: a model initialised from a prior-free one starts out computing the same function.
-
 **Generation.** Three implementations of the same recursion, each returning identical outputs for the
 same uniforms (inverse-CDF sampling from ``numpy.random.default_rng(seed)``):
 
@@ -54,8 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from audio.features import FeatureConfig, deemphasis, preemphasis
-from tts.spectrogram import GriffinLimConfig, SpectrogramScale, mel_to_wave
+from audio.features import deemphasis, preemphasis
 
 __all__ = [
     "WaveNetConfig",
@@ -66,8 +57,6 @@ __all__ = [
     "encode_wave",
     "decode_classes",
     "sampling_uniforms",
-    "griffin_lim_prior",
-    "compand",
 ]
 
 SQRT_HALF = math.sqrt(0.5)
@@ -89,15 +78,6 @@ class WaveNetConfig:
     # generation de-emphasises its output (LPCNet's noise shaping): the sampling noise, white in the
     # class domain, comes out tilted like speech instead of filling its quiet high bands. 0 = plain mu-law.
     preemphasis: float = 0.0
-    # Griffin-Lim prior (0: none). The caller reconstructs the wave from the same mel by Griffin-Lim with
-    # this many iterations (``tts.spectrogram.mel_to_wave``, power 1, no peak scaling) and passes it as
-    # ``prior``; a non-causal conv net reads it at the sample rate (``prior_layers`` kernel-``prior_kernel``
-    # convs, dilations 1, 2, 4, ...) and adds ``prior_channels`` features, projected per layer, to every
-    # gate bias. The projection starts at zero, so a model initialised from one without a prior starts as it.
-    prior_iterations: int = 0
-    prior_channels: int = 16
-    prior_layers: int = 3
-    prior_kernel: int = 9
 
     def __post_init__(self):
         if not 0.0 <= self.preemphasis < 1.0:
@@ -108,10 +88,6 @@ class WaveNetConfig:
             raise ValueError(f"cond_kernel must be odd, not {self.cond_kernel}")
         if self.n_classes < 2:
             raise ValueError(f"n_classes must be at least 2, not {self.n_classes}")
-        if self.prior_iterations < 0 or self.prior_channels < 1 or self.prior_layers < 1:
-            raise ValueError("prior_iterations must be >= 0, prior_channels and prior_layers >= 1")
-        if self.prior_kernel % 2 != 1:
-            raise ValueError(f"prior_kernel must be odd, not {self.prior_kernel}")
 
     @property
     def dilations(self) -> tuple[int, ...]:
@@ -127,15 +103,6 @@ class WaveNetConfig:
     def cond_margin(self) -> int:
         """Mel frames of context the conditioning net reads on each side of a frame."""
         return self.cond_layers * (self.cond_kernel // 2)
-
-    @property
-    def has_prior(self) -> bool:
-        return self.prior_iterations > 0
-
-    @property
-    def prior_margin(self) -> int:
-        """Prior samples the prior net reads on each side of a sample."""
-        return (self.prior_kernel // 2) * (2**self.prior_layers - 1)
 
 
 def mu_law_encode(wave: torch.Tensor, n_classes: int = 256) -> torch.Tensor:
@@ -214,53 +181,6 @@ class _ConditionNet(nn.Module):
         return self.proj(x)
 
 
-def griffin_lim_prior(
-    mel: torch.Tensor, cfg: WaveNetConfig, features: FeatureConfig, scale: SpectrogramScale, n_samples: int
-) -> torch.Tensor:
-    """The prior wave of a model with one: ``(frames, n_mels)`` normalised mel -> ``(n_samples,)``, by
-    ``cfg.prior_iterations`` Griffin-Lim iterations at power 1 from seed-0 phases, not rescaled (training
-    and generation both call this, so they see the same prior)."""
-    gl = GriffinLimConfig(n_iter=cfg.prior_iterations, power=1.0, peak=0.0)
-    return mel_to_wave(mel, features, scale, gl, n_samples=n_samples, seed=0)
-
-
-def compand(wave: torch.Tensor, n_classes: int = 256) -> torch.Tensor:
-    """Mu-law companding without quantisation: float wave -> float in [-1, 1] (the prior net's input)."""
-    mu = n_classes - 1
-    x = wave.clamp(-1.0, 1.0)
-    return torch.sign(x) * torch.log1p(mu * x.abs()) / math.log1p(mu)
-
-
-class _PriorNet(nn.Module):
-    """Griffin-Lim prior wave -> ``prior_channels`` features per sample: ``prior_layers`` non-causal
-    kernel-``prior_kernel`` convs (valid, dilations 1, 2, 4, ..., tanh) over the companded wave, and one
-    linear map onto every layer's gate bias, ``(layers * 2R, prior_channels)``, initialised to zero."""
-
-    def __init__(self, cfg: WaveNetConfig):
-        super().__init__()
-        convs, width = [], 1
-        for i in range(cfg.prior_layers):
-            convs.append(nn.Conv1d(width, cfg.prior_channels, cfg.prior_kernel, dilation=2**i))
-            width = cfg.prior_channels
-        self.convs = nn.ModuleList(convs)
-        self.proj = nn.Linear(cfg.prior_channels, len(cfg.dilations) * 2 * cfg.residual_channels)
-        nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
-        self.n_classes = cfg.n_classes
-        self.layers = len(cfg.dilations)
-
-    def forward(self, prior: torch.Tensor) -> torch.Tensor:
-        """``(B, N + 2 * prior_margin)`` wave -> ``(B, N, prior_channels)``."""
-        x = compand(prior, self.n_classes).unsqueeze(1)  # (B, 1, N')
-        for conv in self.convs:
-            x = torch.tanh(conv(x))
-        return x.transpose(1, 2)
-
-    def layer_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(layers, 2R, prior_channels)`` and ``(layers, 2R)``: the projection split by layer."""
-        return self.proj.weight.view(self.layers, -1, self.proj.in_features), self.proj.bias.view(self.layers, -1)
-
-
 class WaveNet(nn.Module):
     """Mel-conditioned WaveNet with a mu-law softmax output (see the module docstring)."""
 
@@ -275,7 +195,6 @@ class WaveNet(nn.Module):
         self.res_skip = nn.ModuleList(nn.Conv1d(r, r + s, 1) for _ in cfg.dilations)
         self.out1 = nn.Conv1d(s, s, 1)
         self.out2 = nn.Conv1d(s, cfg.n_classes, 1)
-        self.prior_net = _PriorNet(cfg) if cfg.has_prior else None
 
     @property
     def silence(self) -> int:
@@ -302,37 +221,6 @@ class WaveNet(nn.Module):
         cond = cond.transpose(1, 2)  # (B, C, T) -> (B, T, C)
         return torch.cat([cond, cond[:, -1:]], dim=1)
 
-    def prior_features(self, prior: torch.Tensor | None, n: int, *, padded: bool = False) -> torch.Tensor | None:
-        """The prior net's ``(B, n, prior_channels)`` features (None for a model without a prior).
-
-        Args:
-            prior: ``(B, n)`` Griffin-Lim wave of the samples to predict, or with ``padded``, ``(B, n + 2 *
-                cfg.prior_margin)``, carrying its context on each side (training windows); otherwise it is
-                zero-padded here.
-        """
-        if self.prior_net is None:
-            if prior is not None:
-                raise ValueError("this WaveNet has no Griffin-Lim prior (prior_iterations: 0), but one was given")
-            return None
-        if prior is None:
-            raise ValueError(
-                f"this WaveNet reads a Griffin-Lim prior ({self.cfg.prior_iterations} iterations); pass prior="
-            )
-        margin = self.cfg.prior_margin
-        expected = n + 2 * margin if padded else n
-        if prior.dim() != 2 or prior.shape[1] != expected:
-            raise ValueError(f"expected a (batch, {expected}) prior for {n} samples, got shape {tuple(prior.shape)}")
-        if not padded:
-            prior = F.pad(prior, (margin, margin))
-        return self.prior_net(prior.float())
-
-    def _add_prior(self, layer_conds: Iterable[torch.Tensor], feats: torch.Tensor | None) -> Iterable[torch.Tensor]:
-        """Each layer's ``(B, N, 2R)`` gate bias plus its projection of the prior features."""
-        if feats is None:
-            return layer_conds
-        weights, biases = self.prior_net.layer_weights()
-        return (c + F.linear(feats, w, b) for c, w, b in zip(layer_conds, weights, biases, strict=True))
-
     def _stack(self, inputs: torch.Tensor, layer_conds: Iterable[torch.Tensor]) -> torch.Tensor:
         """``inputs (B, N)`` classes, one ``(B, N, 2R)`` gate bias per layer -> logits ``(B, N, K)``.
 
@@ -357,23 +245,19 @@ class WaveNet(nn.Module):
             h = (h + res) * SQRT_HALF
         return _pointwise(self.out2, F.relu(_pointwise(self.out1, F.relu(skips))))
 
-    def forward(
-        self, inputs: torch.Tensor, mel: torch.Tensor, *, padded: bool = False, prior: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, inputs: torch.Tensor, mel: torch.Tensor, *, padded: bool = False) -> torch.Tensor:
         """Teacher-forced parallel pass.
 
         Args:
             inputs: ``(B, N)`` int64 mu-law classes of the *previous* samples (``inputs[:, t] = x[t - 1]``).
             mel: ``(B, frames, n_mels)``, see :meth:`condition`; sample ``t`` sits at frame ``t / hop``.
-            prior: the Griffin-Lim wave of ``x`` when the model has a prior, see :meth:`prior_features`.
         Returns:
             ``(B, N, n_classes)`` logits of ``x[t]``.
         """
         n, hop = inputs.shape[1], self.cfg.hop_length
-        feats = self.prior_features(prior, n, padded=padded)
         cond = self.condition(mel, padded=padded)  # (B, frames', L * 2R)
         layer_conds = (_interpolate(c, n, hop) for c in cond.split(2 * self.cfg.residual_channels, dim=-1))
-        return self._stack(inputs, self._add_prior(layer_conds, feats))
+        return self._stack(inputs, layer_conds)
 
     def _frame_conditioning(self, mel: torch.Tensor) -> torch.Tensor:
         """``(B, frames, n_mels)`` -> ``(B, frames + 1, layers, 2R)`` float32 (contiguous)."""
@@ -390,7 +274,6 @@ class WaveNet(nn.Module):
         teacher: torch.Tensor | None = None,
         seed: int = 0,
         temperature: float = 1.0,
-        prior: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Sample-by-sample generation with a queue of past activations per layer (pure torch reference).
 
@@ -400,7 +283,6 @@ class WaveNet(nn.Module):
             teacher: ``(B, N)`` input classes to use instead of the model's own samples; then the
                 logits are returned too (for checking against :meth:`forward`).
             seed: seeds :func:`sampling_uniforms`.
-            prior: ``(B, N)`` Griffin-Lim wave, for a model with a prior.
         Returns:
             ``(B, N)`` int64 sampled classes, and ``(B, N, K)`` logits when ``teacher`` is given.
         """
@@ -409,7 +291,6 @@ class WaveNet(nn.Module):
         batch = mel.shape[0]
         n = _n_samples(mel, n_samples, teacher, cfg.hop_length)
         cond = self._frame_conditioning(mel)  # (B, T + 1, L, 2R)
-        feats = self.prior_features(prior, n)  # (B, N, P) or None
         uniforms = torch.from_numpy(sampling_uniforms(n, batch, seed))
         weights = [
             (g.weight[:, :, 0].T, g.weight[:, :, 1].T, g.bias, rs.weight[:, :, 0].T, rs.bias)
@@ -423,8 +304,6 @@ class WaveNet(nn.Module):
             frame, offset = divmod(t, cfg.hop_length)
             frac = offset / cfg.hop_length
             c = cond[:, frame] * (1 - frac) + cond[:, frame + 1] * frac  # (B, L, 2R)
-            if feats is not None:
-                c = c + self.prior_net.proj(feats[:, t]).view(batch, len(weights), 2 * r)
             h = self.embed(teacher[:, t] if teacher is not None else prev)  # (B, R)
             skips = 0.0
             for layer, (w_old, w_now, b, w_rs, b_rs) in enumerate(weights):
@@ -446,13 +325,7 @@ class WaveNet(nn.Module):
 
     @torch.no_grad()
     def naive_generate(
-        self,
-        mel: torch.Tensor,
-        *,
-        n_samples: int | None = None,
-        seed: int = 0,
-        temperature: float = 1.0,
-        prior: torch.Tensor | None = None,
+        self, mel: torch.Tensor, *, n_samples: int | None = None, seed: int = 0, temperature: float = 1.0
     ) -> torch.Tensor:
         """Generation that reruns the parallel stack over the whole receptive field for every sample:
         O(receptive field x layers) per sample. ``(B, frames, n_mels)`` -> ``(B, N)`` int64 classes."""
@@ -460,9 +333,6 @@ class WaveNet(nn.Module):
         n = _n_samples(mel, n_samples, None, self.cfg.hop_length)
         field = self.cfg.receptive_field
         cond = _interpolate(self.condition(mel), n, self.cfg.hop_length)  # (B, N, L * 2R)
-        feats = self.prior_features(prior, n)
-        if feats is not None:
-            cond = cond + self.prior_net.proj(feats)
         uniforms = torch.from_numpy(sampling_uniforms(n, batch, seed))
         inputs = torch.full((batch, n), self.silence, dtype=torch.long)
         classes = torch.empty(batch, n, dtype=torch.long)
@@ -516,26 +386,14 @@ class FastGenerator:
         self.dilations = np.asarray(cfg.dilations, dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.dilations)]).astype(np.int64)
         self.silence = model.silence
-        layers, r2 = len(cfg.dilations), 2 * cfg.residual_channels
-        if model.prior_net is not None:
-            prior_w, prior_b = model.prior_net.layer_weights()
-            self.prior_w, self.prior_b = arr(prior_w), arr(prior_b)  # (L, 2R, P), (L, 2R)
-        else:
-            self.prior_w = np.zeros((layers, r2, 0), dtype=np.float32)
-            self.prior_b = np.zeros((layers, r2), dtype=np.float32)
 
-    def _run(self, mel, n, teacher, uniforms, temperature, want_logits, prior):
+    def _run(self, mel, n, teacher, uniforms, temperature, want_logits):
         from tts._wavenet_kernel import wavenet_loop
 
         with torch.no_grad():
             device = next(self.model.parameters()).device
             cond = self.model._frame_conditioning(mel.float().to(device)).cpu().numpy()  # (B, T + 1, L, 2R)
-            feats = self.model.prior_features(None if prior is None else prior.to(device), n)  # (B, N, P)
         batch = cond.shape[0]
-        if feats is None:
-            prior_feats = np.zeros((0, batch, 0), dtype=np.float32)
-        else:
-            prior_feats = np.ascontiguousarray(feats.transpose(0, 1).float().cpu().numpy())  # (N, B, P)
         classes = np.empty((n, batch), dtype=np.int64)
         logits = np.empty((n if want_logits else 0, batch, self.cfg.n_classes), dtype=np.float32)
         wavenet_loop(
@@ -551,9 +409,6 @@ class FastGenerator:
             self.dilations,
             self.offsets,
             cond,
-            prior_feats,
-            self.prior_w,
-            self.prior_b,
             self.cfg.hop_length,
             n,
             teacher,
@@ -572,22 +427,18 @@ class FastGenerator:
         n_samples: int | None = None,
         seed: int = 0,
         temperature: float = 1.0,
-        prior: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``(B, frames, n_mels)`` (and for a model with a prior its ``(B, N)`` Griffin-Lim wave) ->
-        ``(B, N)`` int64 mu-law classes (decode with :func:`mu_law_decode`)."""
+        """``(B, frames, n_mels)`` -> ``(B, N)`` int64 mu-law classes (decode with :func:`mu_law_decode`)."""
         n = _n_samples(mel, n_samples, None, self.cfg.hop_length)
         no_teacher = np.zeros((0, mel.shape[0]), dtype=np.int64)
         classes, _ = self._run(
-            mel, n, no_teacher, sampling_uniforms(n, mel.shape[0], seed), temperature, False, prior
+            mel, n, no_teacher, sampling_uniforms(n, mel.shape[0], seed), temperature, False
         )
         return torch.from_numpy(classes.T.copy())  # (N, B) -> (B, N)
 
-    def teacher_forced_logits(
-        self, mel: torch.Tensor, inputs: torch.Tensor, prior: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def teacher_forced_logits(self, mel: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         """The compiled loop fed ``inputs (B, N)`` instead of its samples -> ``(B, N, K)`` logits."""
         n = _n_samples(mel, None, inputs, self.cfg.hop_length)
         teacher = np.ascontiguousarray(inputs.T.numpy().astype(np.int64))  # (B, N) -> (N, B)
-        _, logits = self._run(mel, n, teacher, sampling_uniforms(n, mel.shape[0], 0), 1.0, True, prior)
+        _, logits = self._run(mel, n, teacher, sampling_uniforms(n, mel.shape[0], 0), 1.0, True)
         return torch.from_numpy(logits.transpose(1, 0, 2).copy())  # (N, B, K) -> (B, N, K)

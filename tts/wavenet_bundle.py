@@ -35,14 +35,13 @@ __all__ = ["export_vocoder", "model_card", "main"]
 @torch.no_grad()
 def _fp16_check(model, n_mels: int) -> dict:
     """Cross-entropy change (nats/sample) and mean |logit| change when the weights are rounded to fp16,
-    on a random mel and random inputs (and a random prior wave, for a model with a prior)."""
+    on a random mel and random inputs."""
     generator = torch.Generator().manual_seed(0)
     mel = torch.rand(1, 12, n_mels, generator=generator)
     inputs = torch.randint(0, model.cfg.n_classes, (1, 10 * model.cfg.hop_length), generator=generator)
     rounded = type(model)(model.cfg).eval()
     rounded.load_state_dict({k: v.half().float() for k, v in model.state_dict().items()})
-    prior = 0.1 * torch.randn(1, inputs.shape[1], generator=generator) if model.cfg.has_prior else None
-    a, b = model(inputs, mel, prior=prior), rounded(inputs, mel, prior=prior)
+    a, b = model(inputs, mel), rounded(inputs, mel)
     targets = inputs.roll(-1, dims=1)
     ce = [float(torch.nn.functional.cross_entropy(x.transpose(1, 2), targets)) for x in (a, b)]
     return {"mean_abs_logit_change": float((a - b).abs().mean()), "cross_entropy_change": abs(ce[1] - ce[0])}
