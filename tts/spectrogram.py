@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from audio.features import FeatureConfig, mel_filterbank, spectrogram
-from audio.inversion import griffin_lim, mel_to_linear
+from audio.inversion import griffin_lim
 
 __all__ = [
     "TTS_FEATURES",
@@ -32,7 +32,6 @@ __all__ = [
     "norm_to_amplitude",
     "TargetExtractor",
     "linear_to_wave",
-    "mel_to_wave",
     "mel_to_linear_map",
 ]
 
@@ -145,35 +144,6 @@ def linear_to_wave(
         peaks = wave.abs().amax(dim=1, keepdim=True)  # (B, 1)
         wave = wave * (gl.peak / peaks.clamp(min=math.ulp(1.0)))
     return wave, sample_lengths
-
-
-def mel_to_wave(
-    mel: torch.Tensor,
-    cfg: FeatureConfig,
-    scale: SpectrogramScale,
-    gl: GriffinLimConfig,
-    *,
-    n_samples: int | None = None,
-    seed: int = 0,
-) -> torch.Tensor:
-    """``(frames, n_mels)`` normalised mel -> ``(n_samples,)`` float32 wave: the mel filterbank inverted by
-    non-negative least squares, magnitudes raised to ``gl.power``, then Griffin-Lim from phases drawn with
-    ``seed`` (so the result is a deterministic function of the mel). Scaled to peak ``gl.peak`` unless it
-    is 0; cut or zero-padded to ``n_samples`` (default ``(frames - 1) * hop``)."""
-    linear = mel_to_linear(norm_to_amplitude(mel.float().unsqueeze(0), scale), cfg)  # (1, T, F) magnitudes
-    wave, _ = griffin_lim(
-        linear.pow(gl.power),
-        cfg,
-        n_iter=gl.n_iter,
-        momentum=gl.momentum,
-        power=1.0,
-        generator=torch.Generator().manual_seed(seed),
-    )
-    n_samples = wave.shape[1] if n_samples is None else n_samples
-    wave = wave[0, :n_samples]
-    if gl.peak > 0:
-        wave = wave * (gl.peak / wave.abs().max().clamp(min=1e-9))
-    return torch.nn.functional.pad(wave, (0, n_samples - wave.shape[0]))
 
 
 def mel_to_linear_map(cfg: FeatureConfig, scale: SpectrogramScale) -> tuple[torch.Tensor, torch.Tensor]:

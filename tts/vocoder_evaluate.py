@@ -32,11 +32,12 @@ import torch
 from tqdm import tqdm
 
 from audio.atomic import write_json, write_lines, write_text
+from audio.inversion import griffin_lim, mel_to_linear
 from audio.io import load, save
 from audio.manifest import read_manifest, resolve_audio, write_manifest
 from audio.training import set_threads
 from tts.evaluate import MCD_FEATURES, mel_cepstral_distortion, roundtrip_cer
-from tts.spectrogram import GriffinLimConfig, mel_to_wave
+from tts.spectrogram import GriffinLimConfig, norm_to_amplitude
 from tts.vocode import Vocoder
 
 log = logging.getLogger(__name__)
@@ -51,8 +52,20 @@ def mel_griffin_lim(
 ) -> torch.Tensor:
     """``(frames, n_mels)`` normalised mel -> ``(n_samples,)`` wave by NNLS mel inversion and Griffin-Lim,
     peak-normalised to ``gl.peak`` as Tacotron's Griffin-Lim output is."""
-    loaded = vocoder.loaded
-    return mel_to_wave(mel, loaded.feature_config, loaded.scale, gl, n_samples=n_samples, seed=seed)
+    cfg, scale = vocoder.loaded.feature_config, vocoder.loaded.scale
+    linear = mel_to_linear(norm_to_amplitude(mel.unsqueeze(0), scale), cfg)  # (1, T, F) magnitudes
+    wave, _ = griffin_lim(
+        linear.pow(gl.power),
+        cfg,
+        n_iter=gl.n_iter,
+        momentum=gl.momentum,
+        power=1.0,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    wave = wave[0, :n_samples]
+    if gl.peak > 0:
+        wave = wave * (gl.peak / wave.abs().max().clamp(min=1e-9))
+    return torch.nn.functional.pad(wave, (0, n_samples - wave.shape[0]))
 
 
 def copy_synthesis(
