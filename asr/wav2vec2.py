@@ -60,10 +60,12 @@ from asr.augment import AugmentConfig, WaveAugment
 from asr.bundle import WAV2VEC2_FORMAT, LoadedModel
 from asr.tokenizer import Tokenizer, load_tokenizer
 from audio.atomic import write_json
+from audio.augment import spec_augment
 from audio.config import load_config, save_config, to_dict
 from audio.datasets import BucketBatchSampler, UtteranceDataset, collate_waves
 from audio.features import FeatureConfig, FeatureExtractor
 from audio.manifest import Utterance, read_manifest
+from audio.stats import FeatureStats
 from audio.training import (
     CheckpointManager,
     TrainLogger,
@@ -84,6 +86,7 @@ __all__ = [
     "Wav2Vec2ExpConfig",
     "hf_config",
     "LogMelFrontEnd",
+    "FbankBranch",
     "LSTMHead",
     "attach_modules",
     "load_pretrained",
@@ -181,19 +184,27 @@ class HeadConfig:
     (``LSTMHead``), the downstream model of the SUPERB benchmark's recognition task, trained with the
     body; its folder loads through ``load_pretrained`` (``glottis transcribe``), not in plain HF.
     ``mix_layers`` (``lstm`` only): the BiLSTM reads a learnt softmax-weighted sum of every hidden state,
-    the transformer's input included, each layer-normed first (SUPERB's featuriser), not the last one."""
+    the transformer's input included, each layer-normed first (SUPERB's featuriser), not the last one.
+    ``fbank`` (``lstm`` only): the BiLSTM also reads ``FbankBranch``, the Conv1D+BiLSTM's own front end
+    (10 ms log-mels under global statistics, two strided convolutions) on the unmasked waveform, beside
+    the transformer's frames: a fusion of filterbank and self-supervised features (ESPnet's
+    ``FusedFrontends``). Fine-tuning then needs ``--feature-stats``."""
 
     kind: str = "linear"
     lstm_hidden: int = 256  # per direction
     lstm_layers: int = 1
     lstm_dropout: float = 0.1  # between LSTM layers and before the output layer
     mix_layers: bool = False
+    fbank: bool = False
+    fbank_channels: int = 256  # both convolutions' width (conv_bilstm.yaml's)
 
     def __post_init__(self):
         if self.kind not in ("linear", "lstm"):
             raise ValueError(f"head.kind must be 'linear' or 'lstm', not {self.kind!r}")
         if self.mix_layers and self.kind != "lstm":
             raise ValueError("head.mix_layers needs head.kind 'lstm'")
+        if self.fbank and self.kind != "lstm":
+            raise ValueError("head.fbank needs head.kind 'lstm'")
 
 
 @dataclass(frozen=True)
@@ -307,6 +318,49 @@ class LogMelFrontEnd(nn.Module):
         return x.transpose(1, 2)
 
 
+class FbankBranch(nn.Module):
+    """The Conv1D+BiLSTM's front end for ``LSTMHead`` (``head.fbank``): the raw waveform's 10 ms log-mels,
+    normalised by the global statistics in ``feat_mean``/``feat_std`` (buffers, saved with the weights; set
+    by ``set_stats`` from the recogniser's ``feature_stats.json``), SpecAugment in training, then two
+    stride-2 ``asr.model`` conv blocks: ``(B, samples)`` -> ``(B, frames, channels)`` at 40 ms, cut or padded
+    to the transformer's frame count. It sees the waveform before time masking, as the Conv1D+BiLSTM does."""
+
+    def __init__(self, spec: dict, dropout: float):
+        super().__init__()
+        from asr.model import _ConvBlock
+
+        self.feature_config = FeatureConfig(n_fft=int(spec["n_fft"]), win_length=int(spec["n_fft"]),
+                                            hop_length=int(spec["hop_length"]), n_mels=int(spec["n_mels"]),
+                                            fmin=0.0, fmax=8000.0)
+        self.features = FeatureExtractor(self.feature_config, "logmel")
+        n_mels, channels = int(spec["n_mels"]), int(spec["channels"])
+        self.register_buffer("feat_mean", torch.zeros(n_mels))
+        self.register_buffer("feat_std", torch.ones(n_mels))
+        self.convs = nn.ModuleList([_ConvBlock(n_mels, channels, 5, 2, dropout),
+                                    _ConvBlock(channels, channels, 5, 2, dropout)])
+        self.channels = channels
+
+    def set_stats(self, stats: FeatureStats) -> None:
+        if stats.dim != len(self.feat_mean):
+            raise ValueError(f"feature stats have {stats.dim} bands, the fbank branch {len(self.feat_mean)} mels")
+        self.feat_mean.copy_(torch.tensor(stats.mean))
+        self.feat_std.copy_(torch.tensor(stats.std).clamp(min=1e-5))
+
+    def forward(self, waves: torch.Tensor, lengths: torch.Tensor, frames: int,
+                augment_seed: int | None = None) -> torch.Tensor:
+        with torch.autocast(waves.device.type, enabled=False):
+            feats, feat_lengths = self.features(waves.float(), lengths)
+        valid = torch.arange(feats.shape[1], device=feats.device)[None, :] < feat_lengths[:, None]
+        feats = (feats - self.feat_mean) / self.feat_std * valid[:, :, None]
+        if augment_seed is not None:
+            feats = spec_augment(feats, feat_lengths, generator=augment_seed)
+        x = feats.transpose(1, 2)
+        for block in self.convs:
+            x, feat_lengths = block(x, feat_lengths)
+        x = x.transpose(1, 2)[:, :frames]
+        return nn.functional.pad(x, (0, 0, 0, frames - x.shape[1]))
+
+
 class LSTMHead(nn.Module):
     """A drop-in for ``Wav2Vec2ForCTC.lm_head``: a BiLSTM over the transformer's frames, then a linear
     layer onto the CTC outputs. ``(B, frames, hidden) -> (B, frames, vocab)``. Given ``lengths`` (what
@@ -316,7 +370,9 @@ class LSTMHead(nn.Module):
 
     With ``mix_layers`` its input is ``mix`` of all ``num_hidden_layers + 1`` hidden states
     (``every_hidden_state``), weighted by ``layer_weights``, then ``lstm_forward``; HF's own ``forward``
-    passes only the last one, so such a model runs through ``Wav2Vec2Recognizer`` and ``forward`` refuses."""
+    passes only the last one, so such a model runs through ``Wav2Vec2Recognizer`` and ``forward`` refuses.
+    With ``fbank`` (a dict: ``FbankBranch``'s sizes) the BiLSTM reads the hidden states concatenated with
+    ``fbank_branch``'s frames, which ``Wav2Vec2Recognizer`` computes from the waveform."""
 
     def __init__(self, config: Wav2Vec2Config):
         super().__init__()
@@ -325,7 +381,9 @@ class LSTMHead(nn.Module):
         self.mix_layers = bool(spec.get("mix_layers", False))
         if self.mix_layers:  # zeros: an even mix to start with
             self.layer_weights = nn.Parameter(torch.zeros(config.num_hidden_layers + 1))
-        self.lstm = nn.LSTM(config.hidden_size, hidden, num_layers=layers, batch_first=True,
+        self.fbank_branch = FbankBranch(spec["fbank"], dropout) if spec.get("fbank") else None
+        inputs = config.hidden_size + (self.fbank_branch.channels if self.fbank_branch else 0)
+        self.lstm = nn.LSTM(inputs, hidden, num_layers=layers, batch_first=True,
                             bidirectional=True, dropout=dropout if layers > 1 else 0.0)
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(2 * hidden, config.vocab_size)
@@ -340,9 +398,10 @@ class LSTMHead(nn.Module):
         return (weights[:, None, None, None] * stacked).sum(0)
 
     def forward(self, hidden_states: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        if self.mix_layers:  # HF's forward passes the last hidden state only
-            raise TypeError("this LSTM head mixes every hidden state (every_hidden_state): run the model "
-                            "through asr.wav2vec2.Wav2Vec2Recognizer, not HF's Wav2Vec2ForCTC.forward")
+        if self.mix_layers or self.fbank_branch is not None:  # HF's forward passes the last hidden state only
+            raise TypeError("this LSTM head mixes every hidden state (every_hidden_state) or reads the "
+                            "waveform's log-mels: run the model through asr.wav2vec2.Wav2Vec2Recognizer, not "
+                            "HF's Wav2Vec2ForCTC.forward")
         return self.lstm_forward(hidden_states, lengths)
 
     def lstm_forward(self, features: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
@@ -439,7 +498,9 @@ def _ctc_overrides(cfg: Wav2Vec2ExpConfig, tokenizer: Tokenizer) -> dict:
         "ctc_zero_infinity": True,
         "glottis_head": None if cfg.head.kind == "linear" else {
             "kind": cfg.head.kind, "hidden": cfg.head.lstm_hidden, "layers": cfg.head.lstm_layers,
-            "dropout": cfg.head.lstm_dropout, "mix_layers": cfg.head.mix_layers},
+            "dropout": cfg.head.lstm_dropout, "mix_layers": cfg.head.mix_layers,
+            "fbank": {"channels": cfg.head.fbank_channels, "n_mels": 80, "n_fft": 400, "hop_length": 160}
+            if cfg.head.fbank else None},
         **{k: getattr(f, k) for k in ("hidden_dropout", "attention_dropout", "activation_dropout",
                                       "feat_proj_dropout", "final_dropout", "layerdrop")},
     }
@@ -510,6 +571,11 @@ class Wav2Vec2Recognizer(nn.Module):
                 hidden = self.model.dropout(head.mix(every_hidden_state(self.model.wav2vec2, x, mask)))
             else:
                 hidden = self.model.dropout(self.model.wav2vec2(x, attention_mask=mask).last_hidden_state)
+            if head.fbank_branch is not None:  # the raw waveform, as the Conv1D+BiLSTM's statistics were taken
+                # The seed comes from numpy's global RNG, which fine-tuning seeds per step (``step_seed``).
+                seed = int(np.random.randint(2**31)) if self.training else None
+                fbank = head.fbank_branch(waves, lengths, hidden.shape[1], seed)
+                hidden = torch.cat([hidden, fbank.to(hidden.dtype)], dim=-1)
             out_lengths = self.output_lengths(lengths).clamp(max=hidden.shape[1])
             logits = head.lstm_forward(hidden, out_lengths)
         else:
@@ -669,6 +735,12 @@ def finetune(cfg: Wav2Vec2ExpConfig, args: argparse.Namespace) -> Path:
         recognizer, _ = recognizer_from_state(state)
     else:
         recognizer = Wav2Vec2Recognizer(init_ctc_model(args.init, cfg, tokenizer), cfg.sample_rate)
+        branch = getattr(recognizer.model.lm_head, "fbank_branch", None)
+        if branch is not None:
+            if not getattr(args, "feature_stats", None):
+                raise ValueError("head.fbank: the log-mel branch needs --feature-stats (the Conv1D+BiLSTM "
+                                 "recogniser's feature_stats.json)")
+            branch.set_stats(FeatureStats.load(args.feature_stats))
     recognizer.to(device)
     model = recognizer.model
     n_params = sum(p.numel() for p in model.parameters())
@@ -805,6 +877,7 @@ def main(argv: list[str] | None = None) -> int:
     ft.add_argument("--dev", help="dev manifest for CER during training")
     ft.add_argument("--tokenizer", required=True, help="tokenizer JSON written by asr.tokenizer")
     ft.add_argument("--init", default="random", help="HF-format folder, cached hub id, or 'random'")
+    ft.add_argument("--feature-stats", help="log-mel statistics JSON (python -m audio.stats) for head.fbank")
     ft.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config value, e.g. --set finetune.total_steps=100")
     ft.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

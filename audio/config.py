@@ -2,6 +2,11 @@
 
 ``load_config(ExpConfig, "x.yaml", overrides=["model.hidden=256"])`` builds the dataclass from the YAML
 mapping; an unknown key, in the file or in an override, is an error that names it.
+
+A config may start from another: ``base: wavenet_preemph.yaml`` (a path relative to the file) takes that
+file's mapping and lays this one's keys over it, section by section (``read_yaml``), so a stage config
+lists only what it changes. One level: a base names no base of its own, so a recipe's prerequisites are
+the config and, at most, the one file its ``base:`` line names.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-__all__ = ["from_dict", "to_dict", "load_config", "apply_overrides", "save_config"]
+__all__ = ["from_dict", "to_dict", "read_yaml", "load_config", "apply_overrides", "save_config"]
 
 T = TypeVar("T")
 
@@ -114,14 +119,45 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
     return data
 
 
+def _read_mapping(path: Path) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config must be a YAML mapping")
+    return data
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` laid over ``base``: mappings merge key by key, anything else replaces."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """A config file's mapping, with its ``base:`` (if any) resolved: the base's mapping with this
+    file's keys laid over it (see the module docstring)."""
+    path = Path(path)
+    data = _read_mapping(path)
+    if "base" not in data:
+        return data
+    name = data.pop("base")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{path}: base must name a YAML file, got {name!r}")
+    base_path = path.parent / name
+    if not base_path.is_file():
+        raise ValueError(f"{path}: base {name!r}: no such file {base_path}")
+    base = _read_mapping(base_path)
+    if "base" in base:
+        raise ValueError(f"{path}: its base {base_path} names a base of its own; one level only")
+    return _merge(base, data)
+
+
 def load_config(cls: type[T], path: str | os.PathLike | None, overrides: list[str] | None = None) -> T:
-    """Read YAML ``path`` (or start from defaults when None), apply overrides, build ``cls``."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: a config must be a YAML mapping")
+    """Read YAML ``path`` (``base:`` resolved; or start from defaults when None), apply overrides, build
+    ``cls``."""
+    data: dict[str, Any] = read_yaml(path) if path is not None else {}
     apply_overrides(data, overrides)
     return from_dict(cls, data, where=str(path) if path else cls.__name__)
 
@@ -142,8 +178,7 @@ def write_section_if_changed(config_path: str | os.PathLike, section: str, out: 
     """
     from audio.atomic import write_text
 
-    with open(config_path, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
+    data = read_yaml(config_path)
     if section not in data:
         raise ValueError(f"{config_path}: no {section!r} section")
     text = yaml.safe_dump({section: data[section]}, sort_keys=True)

@@ -30,10 +30,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 
-from audio.config import apply_overrides, from_dict
+from audio.config import apply_overrides, from_dict, read_yaml
 
 __all__ = [
     "FeatureConfig",
@@ -111,10 +110,7 @@ def load_feature_config(path: str | os.PathLike | None, overrides: list[str] | N
     """
     data: dict = {}
     if path is not None:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: a config must be a YAML mapping")
+        data = read_yaml(path)
         if isinstance(data.get("features"), dict):
             data = dict(data["features"])
     overrides = [o.removeprefix("features.") for o in overrides or []]

@@ -8,8 +8,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from audio.config import apply_overrides, from_dict, load_config, save_config, to_dict
-from audio.features import FeatureConfig
+from audio.config import (
+    apply_overrides,
+    from_dict,
+    load_config,
+    save_config,
+    to_dict,
+    write_section_if_changed,
+)
+from audio.features import FeatureConfig, load_feature_config
 
 
 @dataclass(frozen=True)
@@ -154,3 +161,36 @@ def test_the_postnet_stage_config_changes_only_the_postnet_and_trains_only_it():
     changed = {k for k in first["model"] if first["model"][k] != stage["model"][k]}
     assert changed == {"postnet_channels", "postnet_gru"} and first["features"] == stage["features"]
     assert set(stage["train"]["train_only"]) == set(stage["train"]["init_skip"]) == {"postnet", "linear_proj"}
+
+
+def test_a_config_with_a_base_lists_only_what_it_changes(tmp_path):
+    (tmp_path / "first.yaml").write_text(
+        "name: first\nmodel:\n  hidden: 64\n  kernel_sizes: [3, 3, 3]\nfeatures:\n  n_mels: 40\nlr: 0.01\n")
+    sub = tmp_path / "stages"
+    sub.mkdir()
+    (sub / "second.yaml").write_text("base: ../first.yaml  # the first stage\nmodel:\n  layers: 4\nlr: 0.001\n")
+    cfg = load_config(ExpConfig, sub / "second.yaml", ["model.dropout=0.3"])
+    # Sections merge key by key; the base's other keys, sections and lists stay as they were.
+    assert cfg == ExpConfig(name="first", model=ModelConfig(hidden=64, layers=4, dropout=0.3, kernel_sizes=(3, 3, 3)),
+                            features=FeatureConfig(n_mels=40), lr=0.001)
+    assert load_feature_config(sub / "second.yaml").n_mels == 40
+    out = tmp_path / "features.yaml"
+    assert write_section_if_changed(sub / "second.yaml", "features", out)
+    assert yaml.safe_load(out.read_text()) == {"features": {"n_mels": 40}}
+    # The saved config is the resolved one, and loads without its base.
+    save_config(tmp_path / "saved.yaml", cfg)
+    assert "base" not in yaml.safe_load((tmp_path / "saved.yaml").read_text())
+    assert load_config(ExpConfig, tmp_path / "saved.yaml") == cfg
+
+
+def test_a_missing_or_nested_base_is_an_error_naming_the_file(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(ValueError, match=r"a.yaml.*nowhere.yaml"):
+        load_config(ExpConfig, tmp_path / "a.yaml")
+    (tmp_path / "b.yaml").write_text("base: c.yaml\n")
+    (tmp_path / "c.yaml").write_text("base: d.yaml\n")
+    with pytest.raises(ValueError, match="one level"):
+        load_config(ExpConfig, tmp_path / "b.yaml")
+    (tmp_path / "e.yaml").write_text("base: [x]\n")
+    with pytest.raises(ValueError, match="base must name"):
+        load_config(ExpConfig, tmp_path / "e.yaml")

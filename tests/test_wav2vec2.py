@@ -24,6 +24,7 @@ from asr.subset import balanced_subset  # noqa: E402
 from asr.tokenizer import CharTokenizer  # noqa: E402
 from asr.transcribe import Transcriber  # noqa: E402
 from asr.wav2vec2 import (  # noqa: E402
+    FbankBranch,
     LogMelFrontEnd,
     LSTMHead,
     Wav2Vec2ExpConfig,
@@ -42,6 +43,7 @@ from audio.cli import main as glottis  # noqa: E402
 from audio.config import load_config  # noqa: E402
 from audio.io import load  # noqa: E402
 from audio.manifest import Utterance, read_manifest  # noqa: E402
+from audio.stats import FeatureStats  # noqa: E402
 from audio.training import CheckpointManager  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -371,3 +373,42 @@ def test_mixing_head_reads_every_hidden_state_and_round_trips(asr_corpus, tmp_pa
     trained = from_folder.recognizer.model.lm_head.layer_weights
     assert trained.abs().max() > 0 and torch.equal(trained, from_checkpoint.recognizer.model.lm_head.layer_weights)
     assert_same_as_checkpoint_and_alone(from_folder, from_checkpoint, asr_corpus.manifest, 3)
+
+
+def test_fbank_head_reads_the_log_mels_beside_the_transformer_and_round_trips(asr_corpus, tmp_path):
+    stats = tmp_path / "feature_stats.json"
+    FeatureStats(mean=tuple(-6.0 + 0.01 * i for i in range(80)), std=tuple([2.5] * 80), count=1000).save(stats)
+    ft = tmp_path / "ft"
+    run = ["finetune", "--config", str(TINY), "--exp-dir", str(ft), "--train", str(asr_corpus.manifest),
+           "--dev", str(asr_corpus.manifest), "--tokenizer", str(asr_corpus.tokenizer), "--init", "random",
+           "--set", "finetune.total_steps=6", "--set", "finetune.average_last=1", "--set", "head.kind=lstm",
+           "--set", "head.lstm_hidden=16", "--set", "head.fbank=true", "--set", "head.fbank_channels=24",
+           "--threads", "1", "--device", "cpu"]
+    with pytest.raises(ValueError, match="--feature-stats"):
+        wav2vec2_main(run)
+    assert wav2vec2_main([*run, "--feature-stats", str(stats)]) == 0
+    from_folder, from_checkpoint = load_recognizer(ft / "final"), load_recognizer(ft / "checkpoints" / "step-00000006.pt")
+    model = from_folder.recognizer.model
+    branch = model.lm_head.fbank_branch
+    assert isinstance(branch, FbankBranch) and model.lm_head.lstm.input_size == model.config.hidden_size + 24
+    # The statistics travel with the weights.
+    torch.testing.assert_close(branch.feat_mean, torch.tensor(FeatureStats.load(stats).mean, dtype=torch.float32))
+    torch.testing.assert_close(branch.feat_std, torch.full((80,), 2.5))
+    lengths = assert_same_as_checkpoint_and_alone(from_folder, from_checkpoint, asr_corpus.manifest, 3)
+    # Both inputs count: silencing either the branch or the transformer changes the output.
+    waves, _ = batch_of(asr_corpus.manifest, 3)
+    with torch.inference_mode():
+        full, _ = from_folder.recognizer(waves, lengths)
+        frames = full.shape[1]
+        out = branch(waves, lengths, frames)
+        assert out.shape == (3, frames, 24)
+        branch.forward = lambda w, n, f, seed=None: torch.zeros(len(w), f, 24)
+        without_branch, _ = from_folder.recognizer(waves, lengths)
+        del branch.forward
+        model.lm_head.lstm.weight_ih_l0[:, : model.config.hidden_size] = 0.0
+        without_transformer, _ = from_folder.recognizer(waves, lengths)
+    assert (without_branch - full).abs().max() > 1e-3 and (without_transformer - full).abs().max() > 1e-3
+    with pytest.raises(TypeError, match="log-mels"):  # HF's forward has no waveform lengths for the branch
+        model(waves)
+    with pytest.raises(ValueError, match="head.fbank"):
+        load_config(Wav2Vec2ExpConfig, TINY, ["head.fbank=true"])

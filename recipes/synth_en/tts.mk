@@ -16,7 +16,7 @@ TTS_ASR_MODEL ?= $(ROOT)/asr/pretrained/conv_bilstm_synth_en
 .PHONY: tts tts-bundle
 tts: $(TTS_EXP)/scores.json $(TTS_EXP)/RESULTS.md $(TTS_EXP)/alignment.png
 
-$(TTS_EXP)/final.pt: $(DATA)/stats.json $(TTS_CONFIG)
+$(TTS_EXP)/final.pt: $(DATA)/stats.json $(call config_files,$(TTS_CONFIG))
 	$(PYTHON) -m tts.train --config $(TTS_CONFIG) --exp-dir $(TTS_EXP) \
 	  --train $(TTS_DATA)/train.jsonl --dev $(TTS_DATA)/dev.jsonl $(TTS_TRAIN_ARGS) $(if $(TTS_INIT),--init $(TTS_INIT))
 

@@ -15,7 +15,7 @@ VOC_COPY := $(VOC_EXP)/copy
 .PHONY: vocoder vocoder-bundle
 vocoder: $(VOC_EXP)/scores.json $(VOC_EXP)/RESULTS.md
 
-$(VOC_EXP)/final.pt: $(DATA)/stats.json $(VOC_CONFIG)
+$(VOC_EXP)/final.pt: $(DATA)/stats.json $(call config_files,$(VOC_CONFIG))
 	$(PYTHON) -m tts.vocoder_train --config $(VOC_CONFIG) --exp-dir $(VOC_EXP) \
 	  --train $(TTS_DATA)/train.jsonl --dev $(TTS_DATA)/dev.jsonl $(VOC_TRAIN_ARGS)
 

@@ -64,27 +64,31 @@ $(W2V_SUBSET): $(DATA)/stats.json | $(W2V_EXP)/started
 	$(PYTHON) -m asr.subset --manifest $(W2V_MANIFESTS)/train.jsonl --hours $(W2V_HOURS) --out $@
 
 # 1. Pretraining: all the training audio, no transcripts.
-$(W2V_PT)/final/glottis.json: $(DATA)/stats.json $(W2V_CONFIG) | $(W2V_EXP)/started
+$(W2V_PT)/final/glottis.json: $(DATA)/stats.json $(call config_files,$(W2V_CONFIG)) | $(W2V_EXP)/started
 	$(PYTHON) -m asr.wav2vec2_pretrain --config $(W2V_CONFIG) --exp-dir $(W2V_PT) \
 	  --train $(W2V_MANIFESTS)/train.jsonl --dev $(W2V_MANIFESTS)/dev.jsonl --threads $(W2V_THREADS) $(W2V_PT_ARGS)
 
 # 2. Fine-tuning the pretrained model on the hour.
-$(W2V_FT)/final/glottis.json: $(W2V_PT)/final/glottis.json $(W2V_SUBSET) $(ASR_EXP)/tokenizer.json
+# The feature statistics are read only by a head with a log-mel branch (head.fbank).
+$(W2V_FT)/final/glottis.json: $(W2V_PT)/final/glottis.json $(W2V_SUBSET) $(ASR_EXP)/tokenizer.json \
+    $(ASR_EXP)/feature_stats.json
 	$(PYTHON) -m asr.wav2vec2 finetune --config $(W2V_CONFIG) --exp-dir $(W2V_FT) --init $(W2V_PT)/final \
 	  --train $(W2V_SUBSET) --dev $(W2V_MANIFESTS)/dev.jsonl --tokenizer $(ASR_EXP)/tokenizer.json \
-	  --threads $(W2V_THREADS) $(W2V_FT_ARGS)
+	  --feature-stats $(ASR_EXP)/feature_stats.json --threads $(W2V_THREADS) $(W2V_FT_ARGS)
 
 # 3. The Conv1D+BiLSTM recogniser on the hour (feature statistics of all the training audio, as step 1).
-$(W2V_BILSTM)/final.pt: $(W2V_SUBSET) $(ASR_EXP)/feature_stats.json $(ASR_EXP)/tokenizer.json $(ASR_CONFIG)
+$(W2V_BILSTM)/final.pt: $(W2V_SUBSET) $(ASR_EXP)/feature_stats.json $(ASR_EXP)/tokenizer.json \
+    $(call config_files,$(ASR_CONFIG))
 	$(PYTHON) -m asr.train --config $(ASR_CONFIG) --exp-dir $(W2V_BILSTM) --train $(W2V_SUBSET) \
 	  --dev $(W2V_MANIFESTS)/dev.jsonl --tokenizer $(ASR_EXP)/tokenizer.json --stats $(ASR_EXP)/feature_stats.json \
 	  --threads $(W2V_THREADS) $(W2V_BILSTM_ARGS)
 
 # 4. The same wav2vec 2.0, randomly initialised, fine-tuned on the hour.
-$(W2V_SCRATCH)/final/glottis.json: $(W2V_SUBSET) $(ASR_EXP)/tokenizer.json $(W2V_CONFIG)
+$(W2V_SCRATCH)/final/glottis.json: $(W2V_SUBSET) $(ASR_EXP)/tokenizer.json $(call config_files,$(W2V_CONFIG)) \
+    $(ASR_EXP)/feature_stats.json
 	$(PYTHON) -m asr.wav2vec2 finetune --config $(W2V_CONFIG) --exp-dir $(W2V_SCRATCH) --init random \
 	  --train $(W2V_SUBSET) --dev $(W2V_MANIFESTS)/dev.jsonl --tokenizer $(ASR_EXP)/tokenizer.json \
-	  --threads $(W2V_THREADS) $(W2V_SCRATCH_ARGS)
+	  --feature-stats $(ASR_EXP)/feature_stats.json --threads $(W2V_THREADS) $(W2V_SCRATCH_ARGS)
 
 # LM weights tuned on dev for each system, then dev and test scored greedy and with the LM.
 $(W2V_FT)/decoder.json: $(W2V_FT)/final/glottis.json $(ASR_EXP)/lm.arpa
