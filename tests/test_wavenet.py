@@ -413,7 +413,7 @@ def test_vocode_cli_copy_synthesis_and_mel(corpus, bundle, tmp_path, capsys):
 def test_vocoder_de_emphasises_what_a_pre_emphasised_model_generates(bundle):
     import dataclasses
 
-    vocoder = Vocoder(bundle)
+    vocoder = Vocoder(bundle, postfilter=False)
     mel = vocoder.mel(torch.from_numpy(voiced(0.3, 120.0, seed=5)))
     plain = vocoder.vocode(mel)
     vocoder.loaded.model.cfg = dataclasses.replace(vocoder.loaded.model.cfg, preemphasis=0.85)
@@ -453,3 +453,27 @@ def test_synthesize_with_the_wavenet_vocoder(bundle, tmp_path, capsys):
     torch.save({**model_metadata(mismatch, model), "model": model.state_dict(), "step": 0}, path)
     assert glottis([*common, "--vocoder", "wavenet", "--vocoder-model", str(path)]) == 2
     assert "other mel features" in capsys.readouterr().err
+
+
+def test_mel_gate_cuts_the_noise_above_the_mel_and_adds_nothing(bundle):
+    from tts.spectrogram import mel_gate
+
+    vocoder = Vocoder(bundle)
+    cfg, scale = vocoder.loaded.feature_config, vocoder.loaded.scale
+    clean = torch.from_numpy(voiced(0.8, 130.0, seed=7))
+    noise = 0.01 * torch.randn(clean.shape[0], generator=torch.Generator().manual_seed(0))
+    mel = vocoder.mel(clean)
+    # Gated by its own mel a wave comes back as it was (gain 1 everywhere; the STFT round trip is exact).
+    torch.testing.assert_close(mel_gate(clean, mel, cfg, scale), clean, atol=1e-4, rtol=0)
+    # Noise spread into the quiet bands and the fades comes out; the tone's harmonics stay.
+    gated = mel_gate(clean + noise, mel, cfg, scale)
+    assert (gated - clean).pow(2).mean() < 0.25 * noise.pow(2).mean()
+    loud = mel > mel.max() - 0.2  # the harmonics: within 20 dB of the loudest band and frame
+    assert loud.sum() > 50
+    for band_mel in (vocoder.mel(gated), vocoder.mel(clean + noise)):
+        assert (band_mel[loud] - mel[loud]).abs().mean() * 100 < 1.5  # within 1.5 dB
+    # It never adds: gated by a louder mel, the wave is unchanged.
+    torch.testing.assert_close(mel_gate(clean, (mel + 0.2).clamp(max=1), cfg, scale), clean, atol=1e-4, rtol=0)
+    # The vocoder applies it to what it generates, unless told not to.
+    raw = Vocoder(bundle, postfilter=False).vocode(mel)
+    torch.testing.assert_close(vocoder.vocode(mel), mel_gate(raw, mel, cfg, scale).clamp(-1, 1))

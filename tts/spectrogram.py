@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from audio.features import FeatureConfig, mel_filterbank, spectrogram
+from audio.features import FeatureConfig, make_window, mel_filterbank, spectrogram
 from audio.inversion import griffin_lim
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "TargetExtractor",
     "linear_to_wave",
     "mel_to_linear_map",
+    "mel_gate",
 ]
 
 _AMPLITUDE_FLOOR = 1e-5  # -100 dB
@@ -164,3 +165,30 @@ def mel_to_linear_map(cfg: FeatureConfig, scale: SpectrogramScale) -> tuple[torc
     offset = 20.0 * torch.log10(sums) / -scale.min_level_db  # (M,) in normalised units
     bias = -(offset @ weight)
     return weight.float(), bias.float()
+
+
+def mel_gate(wave: torch.Tensor, mel: torch.Tensor, cfg: FeatureConfig, scale: SpectrogramScale,
+             *, floor_db: float = -40.0) -> torch.Tensor:
+    """Take ``wave`` down wherever its own mel is louder than ``mel``, the mel it was generated from:
+    per frame and band the gain is ``min(1, mel / own mel)`` (at most ``-floor_db`` dB of cut), spread
+    onto the STFT bins by the filterbank's weights, and applied to the complex STFT, which is then
+    overlap-added back (the phase is kept). Only cuts: nothing the wave lacks is added, so it takes out
+    what a sampling vocoder adds, the noise it spreads into quiet bands and pauses, and leaves its
+    harmonics as they are. ``wave`` ``(samples,)``; ``mel`` ``(frames, n_mels)`` normalised, framed by
+    ``cfg``. Returns ``(samples,)``."""
+    fb = mel_filterbank(cfg).to(wave.device)  # (F, M)
+    magnitude, _ = spectrogram(wave.float()[None], None, cfg)  # (1, T, F), pre-emphasised as the target
+    own = amplitude_to_norm(magnitude[0] @ fb, scale)  # (T, M)
+    frames = min(own.shape[0], mel.shape[0])
+    # Both are clipped to [0, 1] on the same dB scale, so their difference is a dB difference.
+    db = (mel[:frames].float().clamp(0.0, 1.0) - own[:frames]) * -scale.min_level_db
+    log_gain = db.clamp(min=floor_db, max=0.0) * (math.log(10.0) / 20.0)  # (T, M), natural log of amplitude
+    spread = fb / fb.sum(1, keepdim=True).clamp(min=1e-12)  # (F, M): each bin's bands, weights summing to 1
+    window = make_window(cfg).to(wave.device)
+    spec = torch.stft(wave.float(), cfg.n_fft, cfg.hop_length, cfg.n_fft, window, center=cfg.center,
+                      return_complex=True)  # (F, T')
+    gains = torch.ones(spec.shape, dtype=torch.float32, device=wave.device)
+    frames = min(frames, spec.shape[1])
+    gains[:, :frames] = (log_gain[:frames] @ spread.T).exp().T
+    return torch.istft(spec * gains, cfg.n_fft, cfg.hop_length, cfg.n_fft, window, center=cfg.center,
+                       length=wave.shape[0])

@@ -82,6 +82,7 @@ class Synthesizer:
         seed: int = 0,
         max_decoder_steps: int | None = None,
         griffin_lim: GriffinLimConfig | None = None,
+        postfilter: bool = True,
     ):
         if vocoder not in VOCODERS:
             raise VocoderUnavailable(f"unknown vocoder {vocoder!r}; choose from {VOCODERS}")
@@ -91,7 +92,7 @@ class Synthesizer:
             from tts.vocode import Vocoder
 
             try:
-                self.wavenet = Vocoder(vocoder_model or WAVENET_MODEL_DIR, seed=seed)
+                self.wavenet = Vocoder(vocoder_model or WAVENET_MODEL_DIR, seed=seed, postfilter=postfilter)
             except FileNotFoundError as err:
                 raise VocoderUnavailable(
                     f"the WaveNet vocoder is not available yet: {err}; or use --vocoder griffin-lim"
@@ -197,6 +198,12 @@ def main(argv: list[str] | None = None, prog: str = "glottis synthesize") -> int
         "--vocoder-model", help=f"WaveNet folder or checkpoint (default: {WAVENET_MODEL_DIR})"
     )
     parser.add_argument(
+        "--no-postfilter",
+        dest="postfilter",
+        action="store_false",
+        help="with --vocoder wavenet: keep its raw output (default: cut its sampling noise above the mel)",
+    )
+    parser.add_argument(
         "--plot", action="store_true", help="also write alignment and mel PNGs next to each wav"
     )
     parser.add_argument("--gl-iters", type=int, help="Griffin-Lim iterations (default: the model's)")
@@ -232,7 +239,8 @@ def main(argv: list[str] | None = None, prog: str = "glottis synthesize") -> int
         for text, _ in jobs:
             normalize_text(text)  # check every input before loading anything
         synthesizer = Synthesizer(
-            args.model, vocoder=args.vocoder, vocoder_model=args.vocoder_model, seed=args.seed
+            args.model, vocoder=args.vocoder, vocoder_model=args.vocoder_model, seed=args.seed,
+            postfilter=args.postfilter,
         )
         synthesizer.override_griffin_lim(n_iter=args.gl_iters, power=args.gl_power)
     except (ValueError, VocoderUnavailable) as err:

@@ -36,7 +36,7 @@ from audio.config import from_dict
 from audio.features import FeatureConfig
 from audio.io import AudioError, load, save
 from audio.training import CheckpointManager, set_threads
-from tts.spectrogram import SpectrogramScale, TargetExtractor
+from tts.spectrogram import SpectrogramScale, TargetExtractor, mel_gate
 from tts.wavenet import FastGenerator, WaveNet, WaveNetConfig, decode_classes
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,10 @@ class Vocoder:
         seed: seeds the sampling, so output is reproducible.
         temperature: divides the logits before sampling (1.0: the model's distribution). ``None`` takes
             the bundle's own (the one it was tuned and scored with; 1.0 for a training checkpoint).
+        postfilter: pass each output through ``tts.spectrogram.mel_gate``, which cuts what the output has
+            above its mel in any band and frame (the sampling noise), and adds nothing. On 30 synth_en dev
+            sentences it took the bundle's MCD from 9.33 to 7.08 dB and its round-trip CER from 10.1% to
+            7.4% (RESULTS.md, session 25).
     """
 
     def __init__(
@@ -122,8 +126,10 @@ class Vocoder:
         *,
         seed: int = 0,
         temperature: float | None = None,
+        postfilter: bool = True,
     ):
         self.loaded = load_vocoder(model)
+        self.postfilter = postfilter
         self.generator = FastGenerator(self.loaded.model)
         self.extractor = TargetExtractor(self.loaded.feature_config, self.loaded.scale)
         self.seed = seed
@@ -164,7 +170,11 @@ class Vocoder:
         classes = self.generator.generate(
             batch, n_samples=max(lengths), seed=self.seed, temperature=self.temperature
         )
-        return [decode_classes(classes[i, :n], self.loaded.model.cfg) for i, n in enumerate(lengths)]
+        waves = [decode_classes(classes[i, :n], self.loaded.model.cfg) for i, n in enumerate(lengths)]
+        if self.postfilter:
+            cfg, scale = self.loaded.feature_config, self.loaded.scale
+            waves = [mel_gate(w, m, cfg, scale).clamp(-1.0, 1.0) for w, m in zip(waves, mels, strict=True)]
+        return waves
 
     def vocode(self, mel: torch.Tensor, n_samples: int | None = None) -> torch.Tensor:
         """``(frames, n_mels)`` normalised mel -> ``(samples,)`` float32 wave."""
@@ -213,6 +223,12 @@ def main(argv: list[str] | None = None, prog: str = "glottis vocode") -> int:
         type=float,
         help="softmax temperature of the sampling (default: the model's own, 1.0 for a checkpoint)",
     )
+    parser.add_argument(
+        "--no-postfilter",
+        dest="postfilter",
+        action="store_false",
+        help="keep WaveNet's raw output (default: cut the sampling noise above the mel, tts.spectrogram.mel_gate)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -221,7 +237,7 @@ def main(argv: list[str] | None = None, prog: str = "glottis vocode") -> int:
         return 2
     set_threads(args.threads)
     try:
-        vocoder = Vocoder(args.model, seed=args.seed, temperature=args.temperature)
+        vocoder = Vocoder(args.model, seed=args.seed, temperature=args.temperature, postfilter=args.postfilter)
     except (FileNotFoundError, OSError, KeyError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 1

@@ -78,6 +78,7 @@ def copy_synthesis(
     gl: GriffinLimConfig | None = None,
     seed: int = 0,
     temperature: float = 1.0,
+    postfilter: bool = True,
 ) -> Path:
     """Re-synthesise the first ``limit`` utterances of ``manifest`` with both vocoders into
     ``out_dir/{wavenet,griffin-lim}/<id>.wav``. WaveNet generates ``batch_size`` utterances at a time
@@ -85,7 +86,7 @@ def copy_synthesis(
     of ``synth.jsonl``."""
     out_dir = Path(out_dir)
     gl = gl or GriffinLimConfig(power=1.0)
-    vocoder = Vocoder(model, seed=seed, temperature=temperature)
+    vocoder = Vocoder(model, seed=seed, temperature=temperature, postfilter=postfilter)
     records = read_manifest(manifest)[:limit]
     write_manifest(
         out_dir / "manifest.jsonl",
@@ -122,6 +123,7 @@ def copy_synthesis(
         "step": vocoder.loaded.step,
         "batch_size": batch_size,
         "temperature": temperature,
+        "postfilter": postfilter,
         "griffin_lim": dataclasses.asdict(gl),
     }
     write_json(out_dir / "settings.json", info)
@@ -186,7 +188,8 @@ def report(scores: dict) -> str:
         "",
         f"{scores['n']} test utterances ({scores['audio_s']:.1f} s); both vocoders get the same mel (the "
         f"Tacotron target). WaveNet: {settings.get('model', '?')} (step {settings.get('step', '?')}), batches "
-        f"of {settings.get('batch_size', '?')}, temperature {settings.get('temperature', 1.0)}; Griffin-Lim: NNLS mel inversion, {gl.get('n_iter', '?')} "
+        f"of {settings.get('batch_size', '?')}, temperature {settings.get('temperature', 1.0)}"
+        f"{', mel-gated (tts.spectrogram.mel_gate)' if settings.get('postfilter') else ''}; Griffin-Lim: NNLS mel inversion, {gl.get('n_iter', '?')} "
         f"iterations, magnitudes raised to {gl.get('power', '?')}.",
         "",
         "| metric | " + " | ".join(SYSTEMS) + " |",
@@ -268,6 +271,12 @@ def main(argv: list[str] | None = None) -> int:
         help="WaveNet softmax temperature (tune it on dev, not test)",
     )
     synth.add_argument(
+        "--no-postfilter",
+        dest="postfilter",
+        action="store_false",
+        help="score WaveNet's raw output (default: through the vocoder's post-filter, tts.spectrogram.mel_gate)",
+    )
+    synth.add_argument(
         "--threads", type=int, default=1, help="torch threads (default 1, for a comparable RTF)"
     )
     sc = sub.add_parser("score", help="MCD and round-trip CER of both systems -> scores.json")
@@ -297,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             gl=GriffinLimConfig(n_iter=args.gl_iters, power=args.gl_power),
             seed=args.seed,
             temperature=args.temperature,
+            postfilter=args.postfilter,
         )
     elif args.command == "score":
         write_json(

@@ -98,7 +98,9 @@ def model_card(
         + (f", starting from the weights of {init_text}." if init_text else "."),
         f"- Sampling: softmax temperature {config.get('sampling', {}).get('temperature', 1.0)}, the default of "
         "`glottis vocode` and `glottis synthesize --vocoder wavenet` with this model (`--temperature` overrides "
-        "it in `glottis vocode`).",
+        "it in `glottis vocode`). The output then passes the mel gate (`tts.spectrogram.mel_gate`), which "
+        "cuts whatever it has above its mel in any band and frame, i.e. the sampling noise (`--no-postfilter` "
+        "keeps the raw output).",
         "",
         "Use: `glottis vocode speech.wav -o copy.wav`, `glottis vocode mel.npy -o out.wav`, "
         '`glottis synthesize "Hello." -o hello.wav --vocoder wavenet`, or `from tts.vocode import Vocoder`.',
