@@ -194,3 +194,22 @@ def test_a_missing_or_nested_base_is_an_error_naming_the_file(tmp_path):
     (tmp_path / "e.yaml").write_text("base: [x]\n")
     with pytest.raises(ValueError, match="base must name"):
         load_config(ExpConfig, tmp_path / "e.yaml")
+
+
+def test_every_shipped_config_loads_and_names_at_most_a_base_without_its_own():
+    from asr.train import ASRConfig
+    from asr.wav2vec2 import Wav2Vec2ExpConfig
+    from tts.train import TTSConfig
+    from tts.vocoder_train import VocoderConfig
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    kinds = {"conv_bilstm": ASRConfig, "tiny": ASRConfig, "wav2vec2": Wav2Vec2ExpConfig, "tacotron": TTSConfig,
+             "wavenet": VocoderConfig}
+    files = sorted(root.glob("*/*.yaml"))
+    assert len(files) > 20
+    for path in files:
+        cls = next(c for prefix, c in kinds.items() if path.name.startswith(prefix))
+        load_config(cls, path)  # unknown keys, bad types and a base with a base of its own all raise
+        base = yaml.safe_load(path.read_text()).get("base")
+        if base:  # a stage config lists only what it changes
+            assert len(path.read_text().splitlines()) < len((path.parent / base).read_text().splitlines()), path
