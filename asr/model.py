@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ConvBiLSTMConfig", "ConvBiLSTM", "MODELS"]
+__all__ = ["ConvBiLSTMConfig", "ConvBiLSTM", "ConvBlock", "MODELS"]
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class ConvBiLSTMConfig:
         return out
 
 
-class _ConvBlock(nn.Module):
+class ConvBlock(nn.Module):
     """Conv1d -> BatchNorm -> GELU -> dropout, with ``same``-style padding so output lengths are
     ``ceil(len / stride)`` for odd kernels (``len // stride + 1`` for even ones)."""
 
@@ -62,7 +62,7 @@ class ConvBiLSTM(nn.Module):
         self.cfg = cfg
         blocks, c_in = [], cfg.n_mels
         for c_out, k, s in zip(cfg.conv_channels, cfg.conv_kernels, cfg.conv_strides, strict=True):
-            blocks.append(_ConvBlock(c_in, c_out, k, s, cfg.dropout))
+            blocks.append(ConvBlock(c_in, c_out, k, s, cfg.dropout))
             c_in = c_out
         self.convs = nn.ModuleList(blocks)
         self.lstm = nn.LSTM(

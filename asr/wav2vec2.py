@@ -58,6 +58,7 @@ from transformers.utils import logging as hf_logging
 
 from asr.augment import AugmentConfig, WaveAugment
 from asr.bundle import WAV2VEC2_FORMAT, LoadedModel
+from asr.model import ConvBlock
 from asr.tokenizer import Tokenizer, load_tokenizer
 from audio.atomic import write_json
 from audio.augment import spec_augment
@@ -327,8 +328,6 @@ class FbankBranch(nn.Module):
 
     def __init__(self, spec: dict, dropout: float):
         super().__init__()
-        from asr.model import _ConvBlock
-
         self.feature_config = FeatureConfig(n_fft=int(spec["n_fft"]), win_length=int(spec["n_fft"]),
                                             hop_length=int(spec["hop_length"]), n_mels=int(spec["n_mels"]),
                                             fmin=0.0, fmax=8000.0)
@@ -336,8 +335,8 @@ class FbankBranch(nn.Module):
         n_mels, channels = int(spec["n_mels"]), int(spec["channels"])
         self.register_buffer("feat_mean", torch.zeros(n_mels))
         self.register_buffer("feat_std", torch.ones(n_mels))
-        self.convs = nn.ModuleList([_ConvBlock(n_mels, channels, 5, 2, dropout),
-                                    _ConvBlock(channels, channels, 5, 2, dropout)])
+        self.convs = nn.ModuleList([ConvBlock(n_mels, channels, 5, 2, dropout),
+                                    ConvBlock(channels, channels, 5, 2, dropout)])
         self.channels = channels
 
     def set_stats(self, stats: FeatureStats) -> None:
