@@ -95,6 +95,7 @@ __all__ = [
     "Wav2Vec2Recognizer",
     "build_processor",
     "decode_labels",
+    "fbank_spec",
     "init_ctc_model",
     "save_model_dir",
     "load_wav2vec2",
@@ -328,11 +329,14 @@ class FbankBranch(nn.Module):
 
     def __init__(self, spec: dict, dropout: float):
         super().__init__()
-        self.feature_config = FeatureConfig(n_fft=int(spec["n_fft"]), win_length=int(spec["n_fft"]),
-                                            hop_length=int(spec["hop_length"]), n_mels=int(spec["n_mels"]),
-                                            fmin=0.0, fmax=8000.0)
+        if "features" in spec:  # the FeatureConfig of the statistics (``fbank_spec``)
+            self.feature_config = FeatureConfig(**spec["features"])
+        else:  # folders written before 2026-12-03 name only the framing of conv_bilstm.yaml's features
+            self.feature_config = FeatureConfig(n_fft=int(spec["n_fft"]), win_length=int(spec["n_fft"]),
+                                                hop_length=int(spec["hop_length"]), n_mels=int(spec["n_mels"]),
+                                                fmin=0.0, fmax=8000.0)
         self.features = FeatureExtractor(self.feature_config, "logmel")
-        n_mels, channels = int(spec["n_mels"]), int(spec["channels"])
+        n_mels, channels = self.feature_config.n_mels, int(spec["channels"])
         self.register_buffer("feat_mean", torch.zeros(n_mels))
         self.register_buffer("feat_std", torch.ones(n_mels))
         self.convs = nn.ModuleList([ConvBlock(n_mels, channels, 5, 2, dropout),
@@ -342,6 +346,9 @@ class FbankBranch(nn.Module):
     def set_stats(self, stats: FeatureStats) -> None:
         if stats.dim != len(self.feat_mean):
             raise ValueError(f"feature stats have {stats.dim} bands, the fbank branch {len(self.feat_mean)} mels")
+        if stats.feature_config is not None and FeatureConfig(**stats.feature_config) != self.feature_config:
+            raise ValueError(f"feature stats were taken with {stats.feature_config}, the fbank branch computes "
+                             f"{asdict(self.feature_config)}")
         self.feat_mean.copy_(torch.tensor(stats.mean))
         self.feat_std.copy_(torch.tensor(stats.std).clamp(min=1e-5))
 
@@ -483,8 +490,24 @@ def load_pretrained(cls: type[Wav2Vec2PreTrainedModel], path: str | os.PathLike,
     return model
 
 
-def _ctc_overrides(cfg: Wav2Vec2ExpConfig, tokenizer: Tokenizer) -> dict:
-    """Config values a fine-tuned model takes from our config, whatever it was initialised from."""
+def fbank_spec(cfg: Wav2Vec2ExpConfig, stats: FeatureStats | None) -> dict | None:
+    """``FbankBranch``'s sizes for ``head.fbank`` (else None): its log-mels are those ``stats`` were taken
+    with (``audio.stats`` records them; older statistics files get ``FeatureConfig``'s defaults)."""
+    if not cfg.head.fbank:
+        return None
+    if stats is None:
+        raise ValueError("head.fbank: the log-mel branch needs --feature-stats (the Conv1D+BiLSTM "
+                         "recogniser's feature_stats.json)")
+    features = FeatureConfig(**(stats.feature_config or {"sample_rate": cfg.sample_rate}))
+    if features.sample_rate != cfg.sample_rate:
+        raise ValueError(f"--feature-stats were taken at {features.sample_rate} Hz, the model runs at "
+                         f"{cfg.sample_rate} Hz")
+    return {"channels": cfg.head.fbank_channels, "features": asdict(features)}
+
+
+def _ctc_overrides(cfg: Wav2Vec2ExpConfig, tokenizer: Tokenizer, fbank: dict | None = None) -> dict:
+    """Config values a fine-tuned model takes from our config, whatever it was initialised from (and
+    ``fbank``, the log-mel branch's sizes from ``fbank_spec``)."""
     f = cfg.finetune
     return {
         **asdict(cfg.masking),
@@ -497,9 +520,7 @@ def _ctc_overrides(cfg: Wav2Vec2ExpConfig, tokenizer: Tokenizer) -> dict:
         "ctc_zero_infinity": True,
         "glottis_head": None if cfg.head.kind == "linear" else {
             "kind": cfg.head.kind, "hidden": cfg.head.lstm_hidden, "layers": cfg.head.lstm_layers,
-            "dropout": cfg.head.lstm_dropout, "mix_layers": cfg.head.mix_layers,
-            "fbank": {"channels": cfg.head.fbank_channels, "n_mels": 80, "n_fft": 400, "hop_length": 160}
-            if cfg.head.fbank else None},
+            "dropout": cfg.head.lstm_dropout, "mix_layers": cfg.head.mix_layers, "fbank": fbank},
         **{k: getattr(f, k) for k in ("hidden_dropout", "attention_dropout", "activation_dropout",
                                       "feat_proj_dropout", "final_dropout", "layerdrop")},
     }
@@ -607,19 +628,25 @@ def decode_labels(labels: torch.Tensor | Sequence[Sequence[int]], tokenizer: Tok
     return [tokenizer.decode([i for i in row if i != ignore_index]) for row in rows]
 
 
-def init_ctc_model(init: str, cfg: Wav2Vec2ExpConfig, tokenizer: Tokenizer) -> Wav2Vec2ForCTC:
+def init_ctc_model(init: str, cfg: Wav2Vec2ExpConfig, tokenizer: Tokenizer,
+                   feature_stats: FeatureStats | None = None) -> Wav2Vec2ForCTC:
     """A CTC model from ``init``: ``random``, a local HF-format folder (a pretraining or a CTC checkpoint),
-    or a hub id already in the HF cache. The CTC head is new whenever the vocabularies differ."""
-    overrides = _ctc_overrides(cfg, tokenizer)
+    or a hub id already in the HF cache. The CTC head is new whenever the vocabularies differ. With
+    ``head.fbank`` the log-mel branch computes the features of ``feature_stats`` and is normalised by them."""
+    overrides = _ctc_overrides(cfg, tokenizer, fbank_spec(cfg, feature_stats))
     if init == "random":
-        return attach_modules(Wav2Vec2ForCTC(hf_config(cfg.encoder, cfg.sample_rate, **overrides)))
-    try:
-        model = load_pretrained(Wav2Vec2ForCTC, init, new_head=True, **overrides)
-    except OSError as err:
-        raise FileNotFoundError(f"--init {init}: not a local model folder, and not in the Hugging Face cache "
-                                f"(the network is never used): {err}") from None
-    if model.config.model_type != "wav2vec2":
-        raise ValueError(f"--init {init}: a {model.config.model_type} model, not wav2vec2")
+        model = attach_modules(Wav2Vec2ForCTC(hf_config(cfg.encoder, cfg.sample_rate, **overrides)))
+    else:
+        try:
+            model = load_pretrained(Wav2Vec2ForCTC, init, new_head=True, **overrides)
+        except OSError as err:
+            raise FileNotFoundError(f"--init {init}: not a local model folder, and not in the Hugging Face "
+                                    f"cache (the network is never used): {err}") from None
+        if model.config.model_type != "wav2vec2":
+            raise ValueError(f"--init {init}: a {model.config.model_type} model, not wav2vec2")
+    branch = getattr(model.lm_head, "fbank_branch", None)
+    if branch is not None:
+        branch.set_stats(feature_stats)
     return model
 
 
@@ -733,13 +760,8 @@ def finetune(cfg: Wav2Vec2ExpConfig, args: argparse.Namespace) -> Path:
     if state is not None:
         recognizer, _ = recognizer_from_state(state)
     else:
-        recognizer = Wav2Vec2Recognizer(init_ctc_model(args.init, cfg, tokenizer), cfg.sample_rate)
-        branch = getattr(recognizer.model.lm_head, "fbank_branch", None)
-        if branch is not None:
-            if not getattr(args, "feature_stats", None):
-                raise ValueError("head.fbank: the log-mel branch needs --feature-stats (the Conv1D+BiLSTM "
-                                 "recogniser's feature_stats.json)")
-            branch.set_stats(FeatureStats.load(args.feature_stats))
+        stats = FeatureStats.load(args.feature_stats) if getattr(args, "feature_stats", None) else None
+        recognizer = Wav2Vec2Recognizer(init_ctc_model(args.init, cfg, tokenizer, stats), cfg.sample_rate)
     recognizer.to(device)
     model = recognizer.model
     n_params = sum(p.numel() for p in model.parameters())

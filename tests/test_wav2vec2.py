@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,7 @@ from asr.wav2vec2_pretrain import main as pretrain_main  # noqa: E402
 from audio.atomic import write_json  # noqa: E402
 from audio.cli import main as glottis  # noqa: E402
 from audio.config import load_config  # noqa: E402
+from audio.features import FeatureConfig  # noqa: E402
 from audio.io import load  # noqa: E402
 from audio.manifest import Utterance, read_manifest  # noqa: E402
 from audio.stats import FeatureStats  # noqa: E402
@@ -412,3 +414,22 @@ def test_fbank_head_reads_the_log_mels_beside_the_transformer_and_round_trips(as
         model(waves)
     with pytest.raises(ValueError, match="head.fbank"):
         load_config(Wav2Vec2ExpConfig, TINY, ["head.fbank=true"])
+
+
+def test_fbank_branch_computes_the_features_its_statistics_were_taken_with():
+    cfg = load_config(Wav2Vec2ExpConfig, TINY, ["head.kind=lstm", "head.lstm_hidden=16", "head.fbank=true",
+                                                "head.fbank_channels=24"])
+    features = FeatureConfig(n_fft=512, win_length=400, hop_length=160, n_mels=40, fmin=50.0, fmax=7600.0)
+    stats = FeatureStats(mean=(-5.0,) * 40, std=(2.0,) * 40, count=10, feature_config=asdict(features))
+    branch = init_ctc_model("random", cfg, CharTokenizer(), stats).lm_head.fbank_branch
+    assert branch.feature_config == features and len(branch.feat_mean) == 40
+    assert branch.convs[0].conv.in_channels == 40
+    with pytest.raises(ValueError, match="taken with"):  # statistics of other features are refused
+        branch.set_stats(FeatureStats(mean=(0.0,) * 40, std=(1.0,) * 40, count=10,
+                                      feature_config=asdict(FeatureConfig(n_mels=40))))
+    with pytest.raises(ValueError, match="8000 Hz"):
+        init_ctc_model("random", cfg, CharTokenizer(), FeatureStats(
+            mean=(0.0,) * 80, std=(1.0,) * 80, count=10, feature_config=asdict(FeatureConfig(sample_rate=8000))))
+    # Folders written before the spec carried the features name only conv_bilstm.yaml's framing.
+    legacy = FbankBranch({"channels": 24, "n_mels": 80, "n_fft": 400, "hop_length": 160}, 0.0)
+    assert legacy.feature_config == FeatureConfig(fmax=8000.0)
