@@ -346,9 +346,11 @@ class FbankBranch(nn.Module):
     def set_stats(self, stats: FeatureStats) -> None:
         if stats.dim != len(self.feat_mean):
             raise ValueError(f"feature stats have {stats.dim} bands, the fbank branch {len(self.feat_mean)} mels")
-        if stats.feature_config is not None and FeatureConfig(**stats.feature_config) != self.feature_config:
-            raise ValueError(f"feature stats were taken with {stats.feature_config}, the fbank branch computes "
-                             f"{asdict(self.feature_config)}")
+        if stats.feature_config is not None:
+            theirs, ours = asdict(FeatureConfig(**stats.feature_config)), asdict(self.feature_config)
+            differ = [f"{k} {theirs[k]} (the branch: {ours[k]})" for k in ours if theirs[k] != ours[k]]
+            if differ:
+                raise ValueError(f"feature stats were taken with other features: {', '.join(differ)}")
         self.feat_mean.copy_(torch.tensor(stats.mean))
         self.feat_std.copy_(torch.tensor(stats.std).clamp(min=1e-5))
 
