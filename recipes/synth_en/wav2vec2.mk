@@ -33,6 +33,9 @@ W2V_SCRATCH_ARGS ?= --set finetune.freeze_feature_encoder_steps=0 --set finetune
   --set finetune.body_lr=0.0005
 # Extra pretraining arguments, e.g. --set pretrain.total_steps=3600.
 W2V_PT_ARGS ?=
+# The unlabelled audio pretraining reads: the corpus's training split, or a larger pool such as
+# $(DATA)/manifests/train_foreign_all.jsonl (train + `make data-extra data-variants data-foreign`).
+W2V_PT_TRAIN ?= $(W2V_MANIFESTS)/train.jsonl
 # Extra fine-tuning arguments for the pretrained model (none: the config's own settings). In
 # wav2vec2_logmel.yaml those equal W2V_SCRATCH_ARGS, so the two wav2vec 2.0 runs differ only in their
 # initial weights; wav2vec2_small.yaml keeps the pretrained conv encoder frozen.
@@ -64,9 +67,9 @@ $(W2V_SUBSET): $(DATA)/stats.json | $(W2V_EXP)/started
 	$(PYTHON) -m asr.subset --manifest $(W2V_MANIFESTS)/train.jsonl --hours $(W2V_HOURS) --out $@
 
 # 1. Pretraining: all the training audio, no transcripts.
-$(W2V_PT)/final/glottis.json: $(DATA)/stats.json $(call config_files,$(W2V_CONFIG)) | $(W2V_EXP)/started
+$(W2V_PT)/final/glottis.json: $(W2V_PT_TRAIN) $(call config_files,$(W2V_CONFIG)) | $(W2V_EXP)/started
 	$(PYTHON) -m asr.wav2vec2_pretrain --config $(W2V_CONFIG) --exp-dir $(W2V_PT) \
-	  --train $(W2V_MANIFESTS)/train.jsonl --dev $(W2V_MANIFESTS)/dev.jsonl --threads $(W2V_THREADS) $(W2V_PT_ARGS)
+	  --train $(W2V_PT_TRAIN) --dev $(W2V_MANIFESTS)/dev.jsonl --threads $(W2V_THREADS) $(W2V_PT_ARGS)
 
 # 2. Fine-tuning the pretrained model on the hour.
 # The feature statistics are read only by a head with a log-mel branch (head.fbank).
