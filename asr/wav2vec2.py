@@ -11,8 +11,8 @@ resumes from the newest checkpoint; ``exp-dir/final/`` is written last, atomical
 
 A model folder is Hugging Face format plus one file of ours, so ``Wav2Vec2ForCTC.from_pretrained`` and
 ``Wav2Vec2Processor.from_pretrained`` read it, and ``glottis transcribe --model DIR`` recognises it (a model
-with our log-mel front end, ``encoder.front_end: logmel``, or our LSTM head, ``head.kind: lstm``, loads through
-``load_pretrained`` instead)::
+with one of our front ends, ``encoder.front_end: logmel`` or ``fbank``, or our LSTM head, ``head.kind: lstm``,
+loads through ``load_pretrained`` instead)::
 
     model_dir/
       config.json, model.safetensors          Wav2Vec2ForCTC (vocab = our tokenizer, blank = pad id 0)
@@ -87,6 +87,7 @@ __all__ = [
     "Wav2Vec2ExpConfig",
     "hf_config",
     "LogMelFrontEnd",
+    "FbankFrontEnd",
     "FbankBranch",
     "LSTMHead",
     "attach_modules",
@@ -125,16 +126,18 @@ class EncoderConfig:
     codevector_dim: int = 128
     proj_codevector_dim: int = 128
     # "conv": wav2vec 2.0's conv feature encoder on the waveform. "logmel": ``LogMelFrontEnd`` in its
-    # place (log-mel frames, no conv stack to learn or run), at the same frame rate.
+    # place (log-mel frames, no conv stack to learn or run), at the same frame rate. "fbank":
+    # ``FbankFrontEnd``, the Conv1D+BiLSTM's own front end (10 ms log-mels under global statistics, two
+    # stride-2 convolutions; 40 ms frames, so a total stride of 640), pretrained with the transformer.
     front_end: str = "conv"
-    n_mels: int = 80  # "logmel" only
+    n_mels: int = 80  # "logmel" and "fbank"
     # "logmel" only: mel frames stacked into one encoder frame (the mel hop is the total stride / this).
     # 2 with the usual 320-sample stride: 10 ms mels, 20 ms frames; 4 with a 640-sample stride: 40 ms.
     mel_stack: int = 2
 
     def __post_init__(self):
-        if self.front_end not in ("conv", "logmel"):
-            raise ValueError(f"encoder.front_end must be 'conv' or 'logmel', not {self.front_end!r}")
+        if self.front_end not in ("conv", "logmel", "fbank"):
+            raise ValueError(f"encoder.front_end must be 'conv', 'logmel' or 'fbank', not {self.front_end!r}")
 
 
 @dataclass(frozen=True)
@@ -257,12 +260,16 @@ class Wav2Vec2ExpConfig:
 
 def hf_config(encoder: EncoderConfig, sample_rate: int = 16000, **overrides) -> Wav2Vec2Config:
     """A ``transformers.Wav2Vec2Config`` of ``encoder``'s size, with ``overrides`` applied. A log-mel
-    front end is recorded as the extra key ``glottis_front_end`` (see ``LogMelFrontEnd``)."""
+    or filterbank front end is recorded as the extra key ``glottis_front_end`` (see ``LogMelFrontEnd`` and
+    ``FbankFrontEnd``)."""
     values = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(encoder).items()}
     front_end, n_mels, stack = values.pop("front_end"), values.pop("n_mels"), values.pop("mel_stack")
     if front_end == "logmel":
         values["glottis_front_end"] = {"kind": "logmel", "n_mels": n_mels, "sample_rate": sample_rate,
                                        "stack": stack}
+    elif front_end == "fbank":  # conv_bilstm.yaml's log-mels; ``set_stats`` checks them against the statistics
+        features = FeatureConfig(sample_rate=sample_rate, n_mels=n_mels, fmax=sample_rate / 2)
+        values["glottis_front_end"] = {"kind": "fbank", "features": asdict(features)}
     return Wav2Vec2Config(**{**values, **overrides})
 
 
@@ -320,6 +327,79 @@ class LogMelFrontEnd(nn.Module):
         return x.transpose(1, 2)
 
 
+def set_feature_stats(module: nn.Module, stats: FeatureStats, name: str) -> None:
+    """Copy ``stats`` into ``module``'s ``feat_mean``/``feat_std`` buffers, after checking that they were
+    taken with ``module.feature_config``'s log-mels (``name`` says whose, in the error)."""
+    if stats.dim != len(module.feat_mean):
+        raise ValueError(f"feature stats have {stats.dim} bands, {name} {len(module.feat_mean)} mels")
+    if stats.feature_config is not None:
+        theirs, ours = asdict(FeatureConfig(**stats.feature_config)), asdict(module.feature_config)
+        differ = [f"{k} {theirs[k]} ({name}: {ours[k]})" for k in ours if theirs[k] != ours[k]]
+        if differ:
+            raise ValueError(f"feature stats were taken with other features: {', '.join(differ)}")
+    module.feat_mean.copy_(torch.tensor(stats.mean))
+    module.feat_std.copy_(torch.tensor(stats.std).clamp(min=1e-5))
+
+
+def trailing_zero_lengths(waves: torch.Tensor) -> torch.Tensor:
+    """``(B, samples)`` -> ``(B,)``: each row's length up to its last non-zero sample (at least 1). HF calls
+    the feature encoder with the waveform alone; ``normalize_waves`` zeroes every row past its length, so
+    this recovers the lengths, and a lone utterance gets the same one as in a padded batch."""
+    nonzero = waves != 0
+    last = waves.shape[1] - nonzero.flip(1).int().argmax(dim=1)
+    return torch.where(nonzero.any(dim=1), last, torch.ones_like(last))
+
+
+class FbankFrontEnd(nn.Module):
+    """A drop-in for wav2vec 2.0's conv feature encoder that is the Conv1D+BiLSTM's own front end: 10 ms
+    log-mels normalised by global per-band statistics (``feat_mean``/``feat_std``, buffers saved with the
+    weights; ``set_stats`` takes them from the recogniser's ``feature_stats.json``), then two stride-2
+    ``asr.model`` conv blocks (kernel 5) of ``conv_dim[-1]`` channels: ``(B, samples) -> (B, channels,
+    frames)`` at 40 ms, cut to the conv encoder's frame count (HF computes masks and lengths from the conv
+    config, which needs a total stride of 4 mel hops, 640 samples). It pretrains with the transformer, so
+    the recogniser's front end itself is learnt from unlabelled audio. The input is the per-utterance
+    normalised waveform, so the statistics' mean is off by one level per utterance, which the convolutions'
+    batch norm absorbs. Lengths come from ``trailing_zero_lengths``: padding a batch changes no valid frame
+    in eval mode."""
+
+    def __init__(self, config: Wav2Vec2Config):
+        super().__init__()
+        spec = config.glottis_front_end
+        self.feature_config = FeatureConfig(**spec["features"])
+        self.field, self.stride = receptive_field(config), math.prod(config.conv_stride)
+        if self.stride != 4 * self.feature_config.hop_length:
+            raise ValueError(f"fbank front end: two stride-2 convolutions over {self.feature_config.hop_length}-"
+                             f"sample mel hops need a total conv stride of {4 * self.feature_config.hop_length}, "
+                             f"not {self.stride}")
+        self.features = FeatureExtractor(self.feature_config, "logmel")
+        n_mels, channels = self.feature_config.n_mels, config.conv_dim[-1]
+        self.register_buffer("feat_mean", torch.zeros(n_mels))
+        self.register_buffer("feat_std", torch.ones(n_mels))
+        self.convs = nn.ModuleList([ConvBlock(n_mels, channels, 5, 2, 0.0), ConvBlock(channels, channels, 5, 2, 0.0)])
+        self._requires_grad = True  # HF's flag, as on Wav2Vec2FeatureEncoder
+
+    def set_stats(self, stats: FeatureStats) -> None:
+        set_feature_stats(self, stats, "the fbank front end")
+
+    def _freeze_parameters(self) -> None:
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self._requires_grad = False
+
+    def forward(self, input_values: torch.Tensor) -> torch.Tensor:
+        waves = input_values.float()
+        frames = max(1, (waves.shape[1] - self.field) // self.stride + 1)
+        lengths = trailing_zero_lengths(waves)
+        with torch.autocast(waves.device.type, enabled=False):
+            feats, feat_lengths = self.features(waves, lengths)
+        valid = torch.arange(feats.shape[1], device=feats.device)[None, :] < feat_lengths[:, None]
+        x = ((feats - self.feat_mean) / self.feat_std * valid[:, :, None]).transpose(1, 2)
+        for block in self.convs:
+            x, feat_lengths = block(x, feat_lengths)
+        x = x[:, :, :frames]
+        return nn.functional.pad(x, (0, frames - x.shape[2]))
+
+
 class FbankBranch(nn.Module):
     """The Conv1D+BiLSTM's front end for ``LSTMHead`` (``head.fbank``): the raw waveform's 10 ms log-mels,
     normalised by the global statistics in ``feat_mean``/``feat_std`` (buffers, saved with the weights; set
@@ -344,15 +424,7 @@ class FbankBranch(nn.Module):
         self.channels = channels
 
     def set_stats(self, stats: FeatureStats) -> None:
-        if stats.dim != len(self.feat_mean):
-            raise ValueError(f"feature stats have {stats.dim} bands, the fbank branch {len(self.feat_mean)} mels")
-        if stats.feature_config is not None:
-            theirs, ours = asdict(FeatureConfig(**stats.feature_config)), asdict(self.feature_config)
-            differ = [f"{k} {theirs[k]} (the branch: {ours[k]})" for k in ours if theirs[k] != ours[k]]
-            if differ:
-                raise ValueError(f"feature stats were taken with other features: {', '.join(differ)}")
-        self.feat_mean.copy_(torch.tensor(stats.mean))
-        self.feat_std.copy_(torch.tensor(stats.std).clamp(min=1e-5))
+        set_feature_stats(self, stats, "the fbank branch")
 
     def forward(self, waves: torch.Tensor, lengths: torch.Tensor, frames: int,
                 augment_seed: int | None = None) -> torch.Tensor:
@@ -450,8 +522,14 @@ def every_hidden_state(wav2vec2: nn.Module, x: torch.Tensor, mask: torch.Tensor 
     return states
 
 
-def uses_log_mel(config: Wav2Vec2Config) -> bool:
-    return (getattr(config, "glottis_front_end", None) or {}).get("kind") == "logmel"
+def front_end_kind(config: Wav2Vec2Config) -> str:
+    """``conv`` (HF's own feature encoder), ``logmel`` or ``fbank``."""
+    return (getattr(config, "glottis_front_end", None) or {}).get("kind", "conv")
+
+
+def uses_own_front_end(config: Wav2Vec2Config) -> bool:
+    """Our own front end (log-mel or filterbank) in place of HF's conv feature encoder."""
+    return front_end_kind(config) in ("logmel", "fbank")
 
 
 def uses_lstm_head(config: Wav2Vec2Config) -> bool:
@@ -459,10 +537,11 @@ def uses_lstm_head(config: Wav2Vec2Config) -> bool:
 
 
 def attach_modules(model: Wav2Vec2PreTrainedModel) -> Wav2Vec2PreTrainedModel:
-    """Put our modules in where the config asks for them: a ``LogMelFrontEnd`` in place of the conv
-    encoder, and (on a CTC model) an ``LSTMHead`` in place of the linear head."""
-    if uses_log_mel(model.config):
-        model.wav2vec2.feature_extractor = LogMelFrontEnd(model.config)
+    """Put our modules in where the config asks for them: a ``LogMelFrontEnd`` or ``FbankFrontEnd`` in place
+    of the conv encoder, and (on a CTC model) an ``LSTMHead`` in place of the linear head."""
+    if uses_own_front_end(model.config):
+        front_end = FbankFrontEnd if front_end_kind(model.config) == "fbank" else LogMelFrontEnd
+        model.wav2vec2.feature_extractor = front_end(model.config)
     if hasattr(model, "lm_head") and uses_lstm_head(model.config):
         model.lm_head = LSTMHead(model.config)
     return model
@@ -478,7 +557,7 @@ def load_pretrained(cls: type[Wav2Vec2PreTrainedModel], path: str | os.PathLike,
     config = Wav2Vec2Config.from_pretrained(str(path), local_files_only=True)
     for key, value in overrides.items():
         setattr(config, key, value)
-    if not (uses_log_mel(config) or uses_lstm_head(config)):
+    if not (uses_own_front_end(config) or uses_lstm_head(config)):
         return cls.from_pretrained(str(path), config=config, local_files_only=True, ignore_mismatched_sizes=new_head)
     model = attach_modules(cls(config))
     saved = safetensors.torch.load_file(str(Path(path) / "model.safetensors"))
@@ -649,7 +728,17 @@ def init_ctc_model(init: str, cfg: Wav2Vec2ExpConfig, tokenizer: Tokenizer,
     branch = getattr(model.lm_head, "fbank_branch", None)
     if branch is not None:
         branch.set_stats(feature_stats)
+    if init == "random" and isinstance(model.wav2vec2.feature_extractor, FbankFrontEnd):
+        set_front_end_stats(model, feature_stats)  # a pretrained one keeps the statistics it learnt with
     return model
+
+
+def set_front_end_stats(model: Wav2Vec2PreTrainedModel, stats: FeatureStats | None) -> None:
+    """Give a new model's ``FbankFrontEnd`` its global log-mel statistics (``--feature-stats``)."""
+    if stats is None:
+        raise ValueError("encoder.front_end fbank: the filterbank front end needs --feature-stats (the "
+                         "Conv1D+BiLSTM recogniser's feature_stats.json)")
+    model.wav2vec2.feature_extractor.set_stats(stats)
 
 
 def save_model_dir(recognizer: Wav2Vec2Recognizer, tokenizer: Tokenizer, out: str | os.PathLike,

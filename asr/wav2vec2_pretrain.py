@@ -35,6 +35,7 @@ from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2ForPreTraining
 from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices, _sample_negative_indices
 
 from asr.wav2vec2 import (
+    FbankFrontEnd,
     PretrainConfig,
     Wav2Vec2ExpConfig,
     attach_modules,
@@ -42,11 +43,13 @@ from asr.wav2vec2 import (
     hf_config,
     normalize_waves,
     receptive_field,
+    set_front_end_stats,
     step_seed,
 )
 from audio.atomic import write_json
 from audio.config import load_config, save_config, to_dict
 from audio.manifest import read_manifest
+from audio.stats import FeatureStats
 from audio.training import (
     CheckpointManager,
     TrainLogger,
@@ -174,7 +177,10 @@ def pretrain(cfg: Wav2Vec2ExpConfig, args: argparse.Namespace) -> Path:
     exp_dir.mkdir(parents=True, exist_ok=True)
     save_config(exp_dir / "config.yaml", cfg)
 
-    model = build_pretraining_model(cfg).to(device)
+    model = build_pretraining_model(cfg)
+    if isinstance(model.wav2vec2.feature_extractor, FbankFrontEnd):
+        set_front_end_stats(model, FeatureStats.load(args.feature_stats) if args.feature_stats else None)
+    model = model.to(device)
     log.info("wav2vec2 pretraining: %.2fM parameters", sum(q.numel() for q in model.parameters()) / 1e6)
     min_seconds = (receptive_field(model.config) + p.mask_time_length * math.prod(model.config.conv_stride)) \
         / cfg.sample_rate
@@ -288,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
                           train_help="manifest of the audio (transcripts are not used)",
                           dev_help="manifest for a held-out loss during training",
                           threads_help="torch threads (0: one per core left free)")
+    parser.add_argument("--feature-stats", help="log-mel statistics JSON (python -m audio.stats) for "
+                        "encoder.front_end fbank; other front ends ignore it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_config(Wav2Vec2ExpConfig, args.config, args.set)

@@ -26,6 +26,7 @@ from asr.tokenizer import CharTokenizer  # noqa: E402
 from asr.transcribe import Transcriber  # noqa: E402
 from asr.wav2vec2 import (  # noqa: E402
     FbankBranch,
+    FbankFrontEnd,
     LogMelFrontEnd,
     LSTMHead,
     Wav2Vec2ExpConfig,
@@ -35,6 +36,7 @@ from asr.wav2vec2 import (  # noqa: E402
     every_hidden_state,
     init_ctc_model,
     load_pretrained,
+    trailing_zero_lengths,
 )
 from asr.wav2vec2 import main as wav2vec2_main  # noqa: E402
 from asr.wav2vec2_pretrain import build_pretraining_model, pretraining_loss  # noqa: E402
@@ -257,6 +259,20 @@ def test_compare_checks_the_reference_and_sums_stage_times(tmp_path):
     assert worse["reference"]["test_greedy_cer_lowest"] is False
 
 
+def assert_makes_the_conv_encoders_frames(model: Wav2Vec2ForCTC, sample_counts: tuple[int, ...]) -> None:
+    """``model``'s front end gives as many frames as HF's conv encoder would for each of ``sample_counts``,
+    and zeros appended after a wave (a padded batch) leave its frames as they were."""
+    front_end = model.wav2vec2.feature_extractor
+    for samples in sample_counts:
+        out = front_end(torch.randn(2, samples))
+        expected = int(model._get_feat_extract_output_lengths(torch.tensor(samples)))
+        assert out.shape == (2, model.config.conv_dim[-1], expected), samples
+    wave = torch.randn(1, 8000)
+    with torch.inference_mode():
+        alone, padded = front_end(wave), front_end(torch.nn.functional.pad(wave, (0, 3000)))
+    torch.testing.assert_close(padded[..., : alone.shape[-1]], alone, atol=1e-5, rtol=0)
+
+
 # 20 ms frames of two 10 ms mels (the tiny config's stride), and 40 ms frames of four.
 @pytest.mark.parametrize("overrides", [[], ["encoder.conv_stride=[5, 8, 16]", "encoder.conv_kernel=[10, 8, 16]",
                                              "encoder.mel_stack=4"]])
@@ -267,17 +283,10 @@ def test_log_mel_front_end_makes_the_conv_encoders_frames(overrides):
     assert isinstance(front_end, LogMelFrontEnd)
     assert front_end.hop == 160 and front_end.stack == cfg.encoder.mel_stack
     assert not any(k.startswith("wav2vec2.feature_extractor.conv_layers") for k in model.state_dict())
-    for samples in (400, 559, 560, 719, 720, 16000, 16161):
-        out = front_end(torch.randn(2, samples))
-        expected = int(model._get_feat_extract_output_lengths(torch.tensor(samples)))
-        assert out.shape == (2, cfg.encoder.conv_dim[-1], expected), samples
-    # Each frame sees only its own samples: zeros appended after a wave leave its frames as they were.
-    wave = torch.randn(1, 8000)
-    with torch.inference_mode():
-        alone, padded = front_end(wave), front_end(torch.nn.functional.pad(wave, (0, 3000)))
-    torch.testing.assert_close(padded[..., : alone.shape[-1]], alone, atol=1e-5, rtol=0)
+    # Each frame sees only its own samples.
+    assert_makes_the_conv_encoders_frames(model, (400, 559, 560, 719, 720, 16000, 16161))
     with pytest.raises(ValueError, match="front_end"):
-        load_config(Wav2Vec2ExpConfig, TINY, ["encoder.front_end=fbank"])
+        load_config(Wav2Vec2ExpConfig, TINY, ["encoder.front_end=mfcc"])
     with pytest.raises(ValueError, match="cannot stack 3"):
         init_ctc_model("random", load_config(Wav2Vec2ExpConfig, TINY, ["encoder.front_end=logmel",
                                                                        "encoder.mel_stack=3"]), CharTokenizer())
@@ -424,7 +433,7 @@ def test_fbank_branch_computes_the_features_its_statistics_were_taken_with():
     branch = init_ctc_model("random", cfg, CharTokenizer(), stats).lm_head.fbank_branch
     assert branch.feature_config == features and len(branch.feat_mean) == 40
     assert branch.convs[0].conv.in_channels == 40
-    with pytest.raises(ValueError, match=r"n_fft 400 \(the branch: 512\), fmin 0.0 \(the branch: 50.0\)"):
+    with pytest.raises(ValueError, match=r"n_fft 400 \(the fbank branch: 512\), fmin 0.0 \(the fbank branch: 50.0\)"):
         branch.set_stats(FeatureStats(mean=(0.0,) * 40, std=(1.0,) * 40, count=10,
                                       feature_config=asdict(FeatureConfig(n_mels=40))))
     with pytest.raises(ValueError, match="8000 Hz"):
@@ -433,3 +442,67 @@ def test_fbank_branch_computes_the_features_its_statistics_were_taken_with():
     # Folders written before the spec carried the features name only conv_bilstm.yaml's framing.
     legacy = FbankBranch({"channels": 24, "n_mels": 80, "n_fft": 400, "hop_length": 160}, 0.0)
     assert legacy.feature_config == FeatureConfig(fmax=8000.0)
+
+
+# The filterbank front end's 40 ms frames: two stride-2 convolutions over 10 ms mels, a 640-sample stride.
+FBANK40 = ["encoder.front_end=fbank", "encoder.conv_stride=[5, 8, 16]", "encoder.conv_kernel=[10, 8, 16]"]
+
+
+def fake_stats(path: Path) -> Path:
+    """conv_bilstm.yaml's log-mels (the fbank front end's) with made-up statistics."""
+    FeatureStats(mean=tuple(-6.0 + 0.01 * i for i in range(80)), std=tuple([2.5] * 80), count=1000,
+                 feature_config=asdict(FeatureConfig(fmax=8000.0))).save(path)
+    return path
+
+
+def test_trailing_zero_lengths_recover_a_padded_batchs_lengths():
+    waves = torch.zeros(3, 10)
+    waves[0, :7], waves[1, :10], waves[2, :3] = 1.0, -1.0, 2.0
+    waves[0, 2] = 0.0  # a zero inside a wave is not its end
+    assert trailing_zero_lengths(waves).tolist() == [7, 10, 3]
+    assert trailing_zero_lengths(torch.zeros(1, 5)).tolist() == [1]
+
+
+def test_fbank_front_end_makes_the_conv_encoders_frames(tmp_path):
+    stats = FeatureStats.load(fake_stats(tmp_path / "stats.json"))
+    cfg = load_config(Wav2Vec2ExpConfig, TINY, FBANK40)
+    with pytest.raises(ValueError, match="--feature-stats"):
+        init_ctc_model("random", cfg, CharTokenizer())
+    model = init_ctc_model("random", cfg, CharTokenizer(), stats).eval()
+    front_end = model.wav2vec2.feature_extractor
+    assert isinstance(front_end, FbankFrontEnd) and front_end.convs[0].conv.in_channels == 80
+    torch.testing.assert_close(front_end.feat_mean, torch.tensor(stats.mean, dtype=torch.float32))
+    assert "wav2vec2.feature_extractor.feat_std" in model.state_dict()  # the statistics travel with the weights
+    assert_makes_the_conv_encoders_frames(model, (720, 1000, 1359, 1360, 16000, 16161))
+    with pytest.raises(ValueError, match="total conv stride of 640, not 320"):
+        init_ctc_model("random", load_config(Wav2Vec2ExpConfig, TINY, ["encoder.front_end=fbank"]),
+                       CharTokenizer(), stats)
+    with pytest.raises(ValueError, match=r"n_mels 40 \(the fbank front end: 80\)"):
+        front_end.set_stats(FeatureStats(mean=(0.0,) * 80, std=(1.0,) * 80, count=1,
+                                         feature_config=asdict(FeatureConfig(n_mels=40))))
+
+
+def test_fbank_front_end_pretrains_with_its_statistics_and_fine_tunes(asr_corpus, tmp_path):
+    stats = fake_stats(tmp_path / "stats.json")
+    pt, ft = tmp_path / "pt", tmp_path / "ft"
+    fbank = [x for o in FBANK40 for x in ("--set", o)] + ["--threads", "1", "--device", "cpu"]
+    run = ["--config", str(TINY), "--exp-dir", str(pt), "--train", str(asr_corpus.manifest),
+           "--set", "pretrain.total_steps=5", *fbank]
+    with pytest.raises(ValueError, match="--feature-stats"):
+        pretrain_main(run)
+    assert pretrain_main([*run, "--feature-stats", str(stats)]) == 0
+    assert json.loads((pt / "final" / "config.json").read_text())["glottis_front_end"]["kind"] == "fbank"
+    # Fine-tuning starts from the pretrained front end, statistics and all, with no --feature-stats.
+    assert wav2vec2_main(["finetune", "--config", str(TINY), "--exp-dir", str(ft), "--train",
+                          str(asr_corpus.manifest), "--dev", str(asr_corpus.manifest), "--tokenizer",
+                          str(asr_corpus.tokenizer), "--init", str(pt / "final"), "--set", "finetune.total_steps=6",
+                          "--set", "finetune.average_last=1", "--set", "head.kind=lstm", "--set",
+                          "head.lstm_hidden=16", "--set", "head.mix_layers=true", *fbank]) == 0
+    pretrained = CheckpointManager.load(pt / "checkpoints" / "step-00000005.pt")["model"]
+    ctc = init_ctc_model(str(pt / "final"), load_config(Wav2Vec2ExpConfig, TINY, FBANK40), CharTokenizer())
+    for name, value in ctc.wav2vec2.state_dict().items():
+        assert torch.equal(value, pretrained[f"wav2vec2.{name}"]), name
+    torch.testing.assert_close(ctc.wav2vec2.feature_extractor.feat_std, torch.full((80,), 2.5))
+    from_folder, from_checkpoint = load_recognizer(ft / "final"), load_recognizer(ft / "checkpoints" / "step-00000006.pt")
+    assert isinstance(from_folder.recognizer.model.wav2vec2.feature_extractor, FbankFrontEnd)
+    assert_same_as_checkpoint_and_alone(from_folder, from_checkpoint, asr_corpus.manifest, 3)

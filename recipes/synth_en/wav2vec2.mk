@@ -67,12 +67,16 @@ $(W2V_SUBSET): $(DATA)/stats.json | $(W2V_EXP)/started
 	$(PYTHON) -m asr.subset --manifest $(W2V_MANIFESTS)/train.jsonl --hours $(W2V_HOURS) --out $@
 
 # 1. Pretraining: all the training audio, no transcripts.
-$(W2V_PT)/final/glottis.json: $(W2V_PT_TRAIN) $(call config_files,$(W2V_CONFIG)) | $(W2V_EXP)/started
+# The feature statistics are read only by the filterbank front end (encoder.front_end: fbank).
+$(W2V_PT)/final/glottis.json: $(W2V_PT_TRAIN) $(call config_files,$(W2V_CONFIG)) $(ASR_EXP)/feature_stats.json \
+    | $(W2V_EXP)/started
 	$(PYTHON) -m asr.wav2vec2_pretrain --config $(W2V_CONFIG) --exp-dir $(W2V_PT) \
-	  --train $(W2V_PT_TRAIN) --dev $(W2V_MANIFESTS)/dev.jsonl --threads $(W2V_THREADS) $(W2V_PT_ARGS)
+	  --train $(W2V_PT_TRAIN) --dev $(W2V_MANIFESTS)/dev.jsonl --feature-stats $(ASR_EXP)/feature_stats.json \
+	  --threads $(W2V_THREADS) $(W2V_PT_ARGS)
 
 # 2. Fine-tuning the pretrained model on the hour.
-# The feature statistics are read only by a head with a log-mel branch (head.fbank).
+# The feature statistics are read only by a head with a log-mel branch (head.fbank), and by a new
+# filterbank front end (a pretrained one keeps its own).
 $(W2V_FT)/final/glottis.json: $(W2V_PT)/final/glottis.json $(W2V_SUBSET) $(ASR_EXP)/tokenizer.json \
     $(ASR_EXP)/feature_stats.json
 	$(PYTHON) -m asr.wav2vec2 finetune --config $(W2V_CONFIG) --exp-dir $(W2V_FT) --init $(W2V_PT)/final \
