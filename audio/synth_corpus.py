@@ -566,9 +566,23 @@ def probe_voice(voice: Voice) -> tuple[Voice, str] | None:
     return probed, digest
 
 
+def compile_pitch_tracker() -> None:
+    """Run ``librosa.yin`` once in this process, on the dtype ``probe_voice`` gives it. librosa's numba
+    kernels compile on first use and write numba's on-disk cache; worker processes that all compile at
+    once can leave that cache corrupt, and a later process that loads it crashes (a segfault in the yin
+    kernel, seen in ``make test`` after ``make data JOBS=2``). Compiled here first, the forked workers
+    inherit the kernels and write nothing."""
+    import librosa
+
+    noise = np.random.default_rng(0).standard_normal(4096).astype(np.float32)
+    librosa.yin(noise, fmin=60, fmax=500, sr=16000, frame_length=1024, hop_length=256)
+
+
 def build_voices(data_dir: Path, jobs: int) -> None:
     candidates = candidate_voices()
     kept, seen = [], {}
+    if jobs > 1:
+        compile_pitch_tracker()
     with ProcessPoolExecutor(jobs) as pool:
         for voice, result in zip(candidates, pool.map(probe_voice, candidates), strict=True):
             if result is None:
