@@ -273,7 +273,19 @@ def hf_config(encoder: EncoderConfig, sample_rate: int = 16000, **overrides) -> 
     return Wav2Vec2Config(**{**values, **overrides})
 
 
-class LogMelFrontEnd(nn.Module):
+class FrozenByHF:
+    """What ``Wav2Vec2Model.freeze_feature_encoder`` calls on a feature encoder, for our front ends that
+    stand in for it: ``_freeze_parameters`` and HF's ``_requires_grad`` flag."""
+
+    _requires_grad = True
+
+    def _freeze_parameters(self) -> None:
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self._requires_grad = False
+
+
+class LogMelFrontEnd(FrozenByHF, nn.Module):
     """A drop-in for wav2vec 2.0's conv feature encoder (``model.wav2vec2.feature_extractor``): log-mel
     frames every ``1/stack`` of an encoder frame (10 ms), ``stack`` of them stacked onto the encoder's
     frame rate (2 -> 20 ms, or 4 -> 40 ms with a 640-sample conv stride), a layer norm, and two per-frame
@@ -311,12 +323,6 @@ class LogMelFrontEnd(nn.Module):
         self.norm = nn.LayerNorm(self.stack * self.n_mels)
         self.proj1 = nn.Linear(self.stack * self.n_mels, channels)
         self.proj2 = nn.Linear(channels, channels)
-        self._requires_grad = True  # HF's flag, as on Wav2Vec2FeatureEncoder
-
-    def _freeze_parameters(self) -> None:
-        for p in self.parameters():
-            p.requires_grad_(False)
-        self._requires_grad = False
 
     def forward(self, input_values: torch.Tensor) -> torch.Tensor:
         frames = (input_values.shape[1] - self.field) // self.stride + 1
@@ -327,20 +333,6 @@ class LogMelFrontEnd(nn.Module):
         return x.transpose(1, 2)
 
 
-def set_feature_stats(module: nn.Module, stats: FeatureStats, name: str) -> None:
-    """Copy ``stats`` into ``module``'s ``feat_mean``/``feat_std`` buffers, after checking that they were
-    taken with ``module.feature_config``'s log-mels (``name`` says whose, in the error)."""
-    if stats.dim != len(module.feat_mean):
-        raise ValueError(f"feature stats have {stats.dim} bands, {name} {len(module.feat_mean)} mels")
-    if stats.feature_config is not None:
-        theirs, ours = asdict(FeatureConfig(**stats.feature_config)), asdict(module.feature_config)
-        differ = [f"{k} {theirs[k]} ({name}: {ours[k]})" for k in ours if theirs[k] != ours[k]]
-        if differ:
-            raise ValueError(f"feature stats were taken with other features: {', '.join(differ)}")
-    module.feat_mean.copy_(torch.tensor(stats.mean))
-    module.feat_std.copy_(torch.tensor(stats.std).clamp(min=1e-5))
-
-
 def trailing_zero_lengths(waves: torch.Tensor) -> torch.Tensor:
     """``(B, samples)`` -> ``(B,)``: each row's length up to its last non-zero sample (at least 1). HF calls
     the feature encoder with the waveform alone; ``normalize_waves`` zeroes every row past its length, so
@@ -348,56 +340,6 @@ def trailing_zero_lengths(waves: torch.Tensor) -> torch.Tensor:
     nonzero = waves != 0
     last = waves.shape[1] - nonzero.flip(1).int().argmax(dim=1)
     return torch.where(nonzero.any(dim=1), last, torch.ones_like(last))
-
-
-class FbankFrontEnd(nn.Module):
-    """A drop-in for wav2vec 2.0's conv feature encoder that is the Conv1D+BiLSTM's own front end: 10 ms
-    log-mels normalised by global per-band statistics (``feat_mean``/``feat_std``, buffers saved with the
-    weights; ``set_stats`` takes them from the recogniser's ``feature_stats.json``), then two stride-2
-    ``asr.model`` conv blocks (kernel 5) of ``conv_dim[-1]`` channels: ``(B, samples) -> (B, channels,
-    frames)`` at 40 ms, cut to the conv encoder's frame count (HF computes masks and lengths from the conv
-    config, which needs a total stride of 4 mel hops, 640 samples). It pretrains with the transformer, so
-    the recogniser's front end itself is learnt from unlabelled audio. The input is the per-utterance
-    normalised waveform, so the statistics' mean is off by one level per utterance, which the convolutions'
-    batch norm absorbs. Lengths come from ``trailing_zero_lengths``: padding a batch changes no valid frame
-    in eval mode."""
-
-    def __init__(self, config: Wav2Vec2Config):
-        super().__init__()
-        spec = config.glottis_front_end
-        self.feature_config = FeatureConfig(**spec["features"])
-        self.field, self.stride = receptive_field(config), math.prod(config.conv_stride)
-        if self.stride != 4 * self.feature_config.hop_length:
-            raise ValueError(f"fbank front end: two stride-2 convolutions over {self.feature_config.hop_length}-"
-                             f"sample mel hops need a total conv stride of {4 * self.feature_config.hop_length}, "
-                             f"not {self.stride}")
-        self.features = FeatureExtractor(self.feature_config, "logmel")
-        n_mels, channels = self.feature_config.n_mels, config.conv_dim[-1]
-        self.register_buffer("feat_mean", torch.zeros(n_mels))
-        self.register_buffer("feat_std", torch.ones(n_mels))
-        self.convs = nn.ModuleList([ConvBlock(n_mels, channels, 5, 2, 0.0), ConvBlock(channels, channels, 5, 2, 0.0)])
-        self._requires_grad = True  # HF's flag, as on Wav2Vec2FeatureEncoder
-
-    def set_stats(self, stats: FeatureStats) -> None:
-        set_feature_stats(self, stats, "the fbank front end")
-
-    def _freeze_parameters(self) -> None:
-        for p in self.parameters():
-            p.requires_grad_(False)
-        self._requires_grad = False
-
-    def forward(self, input_values: torch.Tensor) -> torch.Tensor:
-        waves = input_values.float()
-        frames = max(1, (waves.shape[1] - self.field) // self.stride + 1)
-        lengths = trailing_zero_lengths(waves)
-        with torch.autocast(waves.device.type, enabled=False):
-            feats, feat_lengths = self.features(waves, lengths)
-        valid = torch.arange(feats.shape[1], device=feats.device)[None, :] < feat_lengths[:, None]
-        x = ((feats - self.feat_mean) / self.feat_std * valid[:, :, None]).transpose(1, 2)
-        for block in self.convs:
-            x, feat_lengths = block(x, feat_lengths)
-        x = x[:, :, :frames]
-        return nn.functional.pad(x, (0, frames - x.shape[2]))
 
 
 class FbankBranch(nn.Module):
@@ -423,8 +365,18 @@ class FbankBranch(nn.Module):
                                     ConvBlock(channels, channels, 5, 2, dropout)])
         self.channels = channels
 
+    name = "the fbank branch"  # whose statistics, in ``set_stats``'s errors
+
     def set_stats(self, stats: FeatureStats) -> None:
-        set_feature_stats(self, stats, "the fbank branch")
+        if stats.dim != len(self.feat_mean):
+            raise ValueError(f"feature stats have {stats.dim} bands, {self.name} {len(self.feat_mean)} mels")
+        if stats.feature_config is not None:
+            theirs, ours = asdict(FeatureConfig(**stats.feature_config)), asdict(self.feature_config)
+            differ = [f"{k} {theirs[k]} ({self.name}: {ours[k]})" for k in ours if theirs[k] != ours[k]]
+            if differ:
+                raise ValueError(f"feature stats were taken with other features: {', '.join(differ)}")
+        self.feat_mean.copy_(torch.tensor(stats.mean))
+        self.feat_std.copy_(torch.tensor(stats.std).clamp(min=1e-5))
 
     def forward(self, waves: torch.Tensor, lengths: torch.Tensor, frames: int,
                 augment_seed: int | None = None) -> torch.Tensor:
@@ -439,6 +391,32 @@ class FbankBranch(nn.Module):
             x, feat_lengths = block(x, feat_lengths)
         x = x.transpose(1, 2)[:, :frames]
         return nn.functional.pad(x, (0, 0, 0, frames - x.shape[1]))
+
+
+class FbankFrontEnd(FrozenByHF, FbankBranch):
+    """A drop-in for wav2vec 2.0's conv feature encoder that is the Conv1D+BiLSTM's own front end:
+    ``FbankBranch`` (10 ms log-mels under global statistics, two stride-2 conv blocks of ``conv_dim[-1]``
+    channels, no dropout) inside the body, ``(B, samples) -> (B, channels, frames)`` at 40 ms, cut to the
+    conv encoder's frame count (HF computes masks and lengths from the conv config, which needs a total
+    stride of 4 mel hops, 640 samples). It pretrains with the transformer, so the recogniser's front end
+    itself is learnt from unlabelled audio. The input is the per-utterance normalised waveform, so the
+    statistics' mean is off by one level per utterance, which the convolutions' batch norm absorbs. HF
+    passes no lengths; ``trailing_zero_lengths`` recovers them, so padding a batch changes no valid frame
+    in eval mode. SpecAugment is left to the transformer's own masking."""
+
+    name = "the fbank front end"
+
+    def __init__(self, config: Wav2Vec2Config):
+        super().__init__({"channels": config.conv_dim[-1], "features": config.glottis_front_end["features"]}, 0.0)
+        self.field, self.stride = receptive_field(config), math.prod(config.conv_stride)
+        hop = self.feature_config.hop_length
+        if self.stride != 4 * hop:
+            raise ValueError(f"fbank front end: two stride-2 convolutions over {hop}-sample mel hops need a "
+                             f"total conv stride of {4 * hop}, not {self.stride}")
+
+    def forward(self, input_values: torch.Tensor) -> torch.Tensor:
+        frames = max(1, (input_values.shape[1] - self.field) // self.stride + 1)
+        return super().forward(input_values, trailing_zero_lengths(input_values), frames).transpose(1, 2)
 
 
 class LSTMHead(nn.Module):
