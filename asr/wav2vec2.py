@@ -422,8 +422,9 @@ class FbankFrontEnd(FrozenByHF, FbankBranch):
 class LSTMHead(nn.Module):
     """A drop-in for ``Wav2Vec2ForCTC.lm_head``: a BiLSTM over the transformer's frames, then a linear
     layer onto the CTC outputs. ``(B, frames, hidden) -> (B, frames, vocab)``. Given ``lengths`` (what
-    ``Wav2Vec2Recognizer`` passes) the padded frames are packed away, so padding a batch changes no valid
-    output; HF's own ``forward`` calls it without, over every frame. Its size is the config's extra key
+    ``Wav2Vec2Recognizer`` passes) the padded frames are packed away at inference, so padding a batch
+    changes no valid output; training runs over the padded batch, as ``ConvBiLSTM`` does. HF's own
+    ``forward`` calls it without lengths, over every frame. Its size is the config's extra key
     ``glottis_head`` (``{"kind": "lstm", "hidden", "layers", "dropout", "mix_layers"}``).
 
     With ``mix_layers`` its input is ``mix`` of all ``num_hidden_layers + 1`` hidden states
@@ -464,7 +465,9 @@ class LSTMHead(nn.Module):
 
     def lstm_forward(self, features: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, frames, hidden)`` (the last or the mixed hidden states) -> ``(B, frames, vocab)`` logits."""
-        if lengths is None:
+        if lengths is None or self.training or bool((lengths >= features.shape[1]).all()):
+            # Padded, not packed, in training, as ConvBiLSTM: on the CPU the LSTM backward of a packed batch
+            # is several times slower, and length-bucketed batches carry little padding.
             x, _ = self.lstm(features)
         else:
             packed = nn.utils.rnn.pack_padded_sequence(features, lengths.clamp(min=1).cpu(),

@@ -345,6 +345,26 @@ def test_lstm_head_fine_tunes_from_a_pretraining_folder_and_round_trips(asr_corp
         load_config(Wav2Vec2ExpConfig, TINY, ["head.kind=transformer"])
 
 
+def test_lstm_head_trains_on_the_padded_batch_and_packs_at_inference():
+    """As the Conv1D+BiLSTM: training runs the BiLSTM over the padded batch (the CPU backward of a packed
+    one is several times slower), so a short row's backward direction starts in its padding; inference
+    packs, so each row gets its lone result."""
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    config = SimpleNamespace(glottis_head={"hidden": 8, "layers": 2, "dropout": 0.0}, hidden_size=6,
+                             num_hidden_layers=2, vocab_size=5)
+    head = LSTMHead(config)
+    x, lengths = torch.randn(2, 9, 6), torch.tensor([9, 5])
+    x[1, 5:] = 0.0
+    lone = head.lstm_forward(x[1:, :5], lengths[1:])[0]
+    for training, short_row_alone in ((True, False), (False, True)):
+        head.train(training)
+        out = head.lstm_forward(x, lengths)
+        torch.testing.assert_close(out[0], head.lstm_forward(x[:1], lengths[:1])[0])  # a full row: no padding
+        assert torch.allclose(out[1, :5], lone, atol=1e-6) == short_row_alone
+
+
 def test_mixing_head_reads_every_hidden_state_and_round_trips(asr_corpus, tmp_path):
     cfg = load_config(Wav2Vec2ExpConfig, TINY, ["head.kind=lstm", "head.lstm_hidden=16", "head.mix_layers=true"])
     model = init_ctc_model("random", cfg, CharTokenizer()).eval()
