@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ConvBiLSTMConfig", "ConvBiLSTM", "ConvBlock", "MODELS"]
+__all__ = ["ConvBiLSTMConfig", "ConvBiLSTM", "ConvBlock", "run_lstm", "MODELS"]
 
 
 @dataclass(frozen=True)
@@ -91,17 +91,25 @@ class ConvBiLSTM(nn.Module):
         for block in self.convs:
             x, lengths = block(x, lengths)
         x = x.transpose(1, 2)  # (B, C, T') -> (B, T', C)
-        if self.training or bool((lengths == x.shape[1]).all()):
-            # Padded, not packed: on the CPU the LSTM backward of a packed batch is ~7x slower. Length-
-            # bucketed batches carry little padding, and the backward direction starts in zeros.
-            out, _ = self.lstm(x)
-        else:
-            # Packed at inference, so a padded batch gives exactly each utterance's lone result.
-            packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-            out, _ = self.lstm(packed)
-            out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
-        logits = self.head(self.dropout(out))
+        logits = self.head(self.dropout(run_lstm(self.lstm, x, lengths, training=self.training)))
         return logits.float().log_softmax(dim=-1), lengths
+
+
+def run_lstm(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor | None, *, training: bool) -> torch.Tensor:
+    """A batch-first ``lstm`` over ``x (B, T, C)`` with ``lengths (B,)`` valid frames -> ``(B, T, H)``.
+
+    Padded, not packed, in training (or with no lengths): on the CPU the LSTM backward of a packed batch is
+    several times slower, length-bucketed batches carry little padding, and a short row's backward
+    direction starts in its padding. Packed at inference, so a padded batch gives exactly each utterance's
+    lone result."""
+    if lengths is None or training or bool((lengths >= x.shape[1]).all()):
+        out, _ = lstm(x)
+        return out
+    packed = nn.utils.rnn.pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True,
+                                               enforce_sorted=False)
+    out, _ = lstm(packed)
+    out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+    return out
 
 
 MODELS = {"conv_bilstm": (ConvBiLSTM, ConvBiLSTMConfig)}

@@ -58,7 +58,7 @@ from transformers.utils import logging as hf_logging
 
 from asr.augment import AugmentConfig, WaveAugment
 from asr.bundle import WAV2VEC2_FORMAT, LoadedModel
-from asr.model import ConvBlock
+from asr.model import ConvBlock, run_lstm
 from asr.tokenizer import Tokenizer, load_tokenizer
 from audio.atomic import write_json
 from audio.augment import spec_augment
@@ -465,16 +465,7 @@ class LSTMHead(nn.Module):
 
     def lstm_forward(self, features: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, frames, hidden)`` (the last or the mixed hidden states) -> ``(B, frames, vocab)`` logits."""
-        if lengths is None or self.training or bool((lengths >= features.shape[1]).all()):
-            # Padded, not packed, in training, as ConvBiLSTM: on the CPU the LSTM backward of a packed batch
-            # is several times slower, and length-bucketed batches carry little padding.
-            x, _ = self.lstm(features)
-        else:
-            packed = nn.utils.rnn.pack_padded_sequence(features, lengths.clamp(min=1).cpu(),
-                                                       batch_first=True, enforce_sorted=False)
-            x, _ = self.lstm(packed)
-            x, _ = nn.utils.rnn.pad_packed_sequence(x, batch_first=True, total_length=features.shape[1])
-        return self.out(self.dropout(x))
+        return self.out(self.dropout(run_lstm(self.lstm, features, lengths, training=self.training)))
 
 
 def every_hidden_state(wav2vec2: nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -> list[torch.Tensor]:
