@@ -193,7 +193,11 @@ class HeadConfig:
     ``fbank`` (``lstm`` only): the BiLSTM also reads ``FbankBranch``, the Conv1D+BiLSTM's own front end
     (10 ms log-mels under global statistics, two strided convolutions) on the unmasked waveform, beside
     the transformer's frames: a fusion of filterbank and self-supervised features (ESPnet's
-    ``FusedFrontends``). Fine-tuning then needs ``--feature-stats``."""
+    ``FusedFrontends``). Fine-tuning then needs ``--feature-stats``.
+    ``fbank_from_body`` (with ``fbank`` and ``encoder.front_end: fbank``): the branch starts as a copy of the
+    body's own ``FbankFrontEnd`` (pretrained with the transformer, when the body was) and reads the same
+    per-utterance normalised waveform. The head then has an unmasked path to the pretrained front end, with
+    SpecAugment and dropout, while the transformer fine-tunes its own copy under time masking."""
 
     kind: str = "linear"
     lstm_hidden: int = 256  # per direction
@@ -202,6 +206,7 @@ class HeadConfig:
     mix_layers: bool = False
     fbank: bool = False
     fbank_channels: int = 256  # both convolutions' width (conv_bilstm.yaml's)
+    fbank_from_body: bool = False
 
     def __post_init__(self):
         if self.kind not in ("linear", "lstm"):
@@ -210,6 +215,8 @@ class HeadConfig:
             raise ValueError("head.mix_layers needs head.kind 'lstm'")
         if self.fbank and self.kind != "lstm":
             raise ValueError("head.fbank needs head.kind 'lstm'")
+        if self.fbank_from_body and not self.fbank:
+            raise ValueError("head.fbank_from_body needs head.fbank")
 
 
 @dataclass(frozen=True)
@@ -364,6 +371,8 @@ class FbankBranch(nn.Module):
         self.convs = nn.ModuleList([ConvBlock(n_mels, channels, 5, 2, dropout),
                                     ConvBlock(channels, channels, 5, 2, dropout)])
         self.channels = channels
+        # True: it reads the per-utterance normalised waveform, as ``FbankFrontEnd`` (``head.fbank_from_body``)
+        self.normalized_input = bool(spec.get("normalized_input", False))
 
     name = "the fbank branch"  # whose statistics, in ``set_stats``'s errors
 
@@ -555,6 +564,14 @@ def fbank_spec(cfg: Wav2Vec2ExpConfig, stats: FeatureStats | None) -> dict | Non
     if features.sample_rate != cfg.sample_rate:
         raise ValueError(f"--feature-stats were taken at {features.sample_rate} Hz, the model runs at "
                          f"{cfg.sample_rate} Hz")
+    if cfg.head.fbank_from_body:
+        if cfg.encoder.front_end != "fbank":
+            raise ValueError("head.fbank_from_body copies the body's fbank front end: it needs "
+                             f"encoder.front_end 'fbank', not {cfg.encoder.front_end!r}")
+        if cfg.head.fbank_channels != cfg.encoder.conv_dim[-1]:
+            raise ValueError(f"head.fbank_from_body: head.fbank_channels ({cfg.head.fbank_channels}) must be "
+                             f"the front end's width, encoder.conv_dim[-1] ({cfg.encoder.conv_dim[-1]})")
+        return {"channels": cfg.head.fbank_channels, "features": asdict(features), "normalized_input": True}
     return {"channels": cfg.head.fbank_channels, "features": asdict(features)}
 
 
@@ -647,7 +664,8 @@ class Wav2Vec2Recognizer(nn.Module):
             if head.fbank_branch is not None:  # the raw waveform, as the Conv1D+BiLSTM's statistics were taken
                 # The seed comes from numpy's global RNG, which fine-tuning seeds per step (``step_seed``).
                 seed = int(np.random.randint(2**31)) if self.training else None
-                fbank = head.fbank_branch(waves, lengths, hidden.shape[1], seed)
+                branch_input = x if head.fbank_branch.normalized_input else waves
+                fbank = head.fbank_branch(branch_input, lengths, hidden.shape[1], seed)
                 hidden = torch.cat([hidden, fbank.to(hidden.dtype)], dim=-1)
             out_lengths = self.output_lengths(lengths).clamp(max=hidden.shape[1])
             logits = head.lstm_forward(hidden, out_lengths)
@@ -697,11 +715,17 @@ def init_ctc_model(init: str, cfg: Wav2Vec2ExpConfig, tokenizer: Tokenizer,
                                     f"cache (the network is never used): {err}") from None
         if model.config.model_type != "wav2vec2":
             raise ValueError(f"--init {init}: a {model.config.model_type} model, not wav2vec2")
-    branch = getattr(model.lm_head, "fbank_branch", None)
-    if branch is not None:
-        branch.set_stats(feature_stats)
     if init == "random" and isinstance(model.wav2vec2.feature_extractor, FbankFrontEnd):
         set_front_end_stats(model, feature_stats)  # a pretrained one keeps the statistics it learnt with
+    branch = getattr(model.lm_head, "fbank_branch", None)
+    if branch is not None and cfg.head.fbank_from_body:  # weights, batch-norm and feature statistics
+        body = model.wav2vec2.feature_extractor
+        if branch.feature_config != body.feature_config:
+            raise ValueError(f"head.fbank_from_body: --feature-stats were taken with {branch.feature_config}, "
+                             f"the body's front end computes {body.feature_config}")
+        branch.load_state_dict(body.state_dict())
+    elif branch is not None:
+        branch.set_stats(feature_stats)
     return model
 
 

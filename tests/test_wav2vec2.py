@@ -36,6 +36,7 @@ from asr.wav2vec2 import (  # noqa: E402
     every_hidden_state,
     init_ctc_model,
     load_pretrained,
+    normalize_waves,
     trailing_zero_lengths,
 )
 from asr.wav2vec2 import main as wav2vec2_main  # noqa: E402
@@ -526,3 +527,39 @@ def test_fbank_front_end_pretrains_with_its_statistics_and_fine_tunes(asr_corpus
     from_folder, from_checkpoint = load_recognizer(ft / "final"), load_recognizer(ft / "checkpoints" / "step-00000006.pt")
     assert isinstance(from_folder.recognizer.model.wav2vec2.feature_extractor, FbankFrontEnd)
     assert_same_as_checkpoint_and_alone(from_folder, from_checkpoint, asr_corpus.manifest, 3)
+
+
+def test_fbank_branch_from_body_starts_as_the_pretrained_front_end_and_reads_its_input(asr_corpus, tmp_path):
+    stats = fake_stats(tmp_path / "stats.json")
+    pt, ft = tmp_path / "pt", tmp_path / "ft"
+    fbank = [x for o in FBANK40 for x in ("--set", o)] + ["--threads", "1", "--device", "cpu"]
+    assert pretrain_main(["--config", str(TINY), "--exp-dir", str(pt), "--train", str(asr_corpus.manifest),
+                          "--set", "pretrain.total_steps=3", "--feature-stats", str(stats), *fbank]) == 0
+    head = ["head.kind=lstm", "head.lstm_hidden=16", "head.fbank=true", "head.fbank_channels=16",
+            "head.fbank_from_body=true"]
+    cfg = load_config(Wav2Vec2ExpConfig, TINY, [*FBANK40, *head])
+    model = init_ctc_model(str(pt / "final"), cfg, CharTokenizer(), FeatureStats.load(stats)).eval()
+    body, branch = model.wav2vec2.feature_extractor, model.lm_head.fbank_branch
+    assert branch.normalized_input and not body.convs[0].conv.weight.equal(
+        init_ctc_model("random", cfg, CharTokenizer(), FeatureStats.load(stats)).wav2vec2.feature_extractor.convs[0].conv.weight)
+    for name, value in body.state_dict().items():  # the pretrained weights, batch-norm and feature statistics
+        assert torch.equal(value, branch.state_dict()[name]), name
+    # At the start the branch's frames are the body's own front end's, on the same normalised waveform.
+    waves, lengths = batch_of(asr_corpus.manifest, 2)
+    x, _ = normalize_waves(waves, lengths)
+    with torch.inference_mode():
+        torch.testing.assert_close(branch(x, lengths, 7), body(x).transpose(1, 2)[:, :7])
+    assert wav2vec2_main(["finetune", "--config", str(TINY), "--exp-dir", str(ft), "--train", str(asr_corpus.manifest),
+                          "--dev", str(asr_corpus.manifest), "--tokenizer", str(asr_corpus.tokenizer), "--init",
+                          str(pt / "final"), "--feature-stats", str(stats), "--set", "finetune.total_steps=4",
+                          "--set", "finetune.average_last=1", *[x for o in head for x in ("--set", o)], *fbank]) == 0
+    from_folder, from_checkpoint = load_recognizer(ft / "final"), load_recognizer(ft / "checkpoints" / "step-00000004.pt")
+    assert from_folder.recognizer.model.lm_head.fbank_branch.normalized_input
+    assert_same_as_checkpoint_and_alone(from_folder, from_checkpoint, asr_corpus.manifest, 3)
+    with pytest.raises(ValueError, match="encoder.front_end 'fbank', not 'conv'"):
+        init_ctc_model("random", load_config(Wav2Vec2ExpConfig, TINY, head), CharTokenizer(), FeatureStats.load(stats))
+    with pytest.raises(ValueError, match=r"fbank_channels \(24\) must be the front end's width"):
+        init_ctc_model("random", load_config(Wav2Vec2ExpConfig, TINY, [*FBANK40, *head, "head.fbank_channels=24"]),
+                       CharTokenizer(), FeatureStats.load(stats))
+    with pytest.raises(ValueError, match="head.fbank_from_body needs head.fbank"):
+        load_config(Wav2Vec2ExpConfig, TINY, ["head.kind=lstm", "head.fbank_from_body=true"])
