@@ -564,6 +564,7 @@ def fbank_spec(cfg: Wav2Vec2ExpConfig, stats: FeatureStats | None) -> dict | Non
     if features.sample_rate != cfg.sample_rate:
         raise ValueError(f"--feature-stats were taken at {features.sample_rate} Hz, the model runs at "
                          f"{cfg.sample_rate} Hz")
+    spec = {"channels": cfg.head.fbank_channels, "features": asdict(features)}
     if cfg.head.fbank_from_body:
         if cfg.encoder.front_end != "fbank":
             raise ValueError("head.fbank_from_body copies the body's fbank front end: it needs "
@@ -571,8 +572,8 @@ def fbank_spec(cfg: Wav2Vec2ExpConfig, stats: FeatureStats | None) -> dict | Non
         if cfg.head.fbank_channels != cfg.encoder.conv_dim[-1]:
             raise ValueError(f"head.fbank_from_body: head.fbank_channels ({cfg.head.fbank_channels}) must be "
                              f"the front end's width, encoder.conv_dim[-1] ({cfg.encoder.conv_dim[-1]})")
-        return {"channels": cfg.head.fbank_channels, "features": asdict(features), "normalized_input": True}
-    return {"channels": cfg.head.fbank_channels, "features": asdict(features)}
+        spec["normalized_input"] = True
+    return spec
 
 
 def _ctc_overrides(cfg: Wav2Vec2ExpConfig, tokenizer: Tokenizer, fbank: dict | None = None) -> dict:
@@ -661,9 +662,11 @@ class Wav2Vec2Recognizer(nn.Module):
                 hidden = self.model.dropout(head.mix(every_hidden_state(self.model.wav2vec2, x, mask)))
             else:
                 hidden = self.model.dropout(self.model.wav2vec2(x, attention_mask=mask).last_hidden_state)
-            if head.fbank_branch is not None:  # the raw waveform, as the Conv1D+BiLSTM's statistics were taken
+            if head.fbank_branch is not None:
                 # The seed comes from numpy's global RNG, which fine-tuning seeds per step (``step_seed``).
                 seed = int(np.random.randint(2**31)) if self.training else None
+                # The raw waveform, as the Conv1D+BiLSTM's statistics were taken; or, for a copy of the
+                # body's front end (``head.fbank_from_body``), the normalised one that front end reads.
                 branch_input = x if head.fbank_branch.normalized_input else waves
                 fbank = head.fbank_branch(branch_input, lengths, hidden.shape[1], seed)
                 hidden = torch.cat([hidden, fbank.to(hidden.dtype)], dim=-1)
