@@ -4,7 +4,8 @@
       model.safetensors   fp16 weights (feature statistics included as buffers)
       config.json         {"format", "model_type", "model_config", "feature_config", "tokenizer"}
       decoder.json        tuned LM weight / word score / beam (optional)
-      lm.arpa             word n-gram LM, plain ARPA (optional)
+      lm.arpa.gz          word n-gram LM, gzipped ARPA (optional; KenLM reads it as it is, and a
+                          plain lm.arpa of an older folder is read too)
       README.md           the model card
 
 ``python -m asr.bundle --checkpoint exp/x/final.pt --out DIR [--lm lm.arpa] [--decoder decoder.json]``
@@ -15,6 +16,7 @@ also a wav2vec 2.0 model folder or fine-tuning checkpoint (``asr.wav2vec2``, imp
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import logging
 import os
@@ -36,7 +38,8 @@ from audio.training import CheckpointManager
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_MODEL_DIR", "LoadedModel", "load_recognizer", "export_bundle", "is_ctc_bundle",
+__all__ = ["DEFAULT_MODEL_DIR", "LoadedModel", "load_recognizer", "export_bundle", "is_ctc_bundle", "folder_lm",
+           "copy_lm",
            "is_wav2vec2_folder"]
 
 FORMAT = "glottis-ctc-1"
@@ -52,6 +55,26 @@ class LoadedModel:
     decoder: dict  # tuned decoder settings ({} if none)
     lm_path: Path | None
     source: Path
+
+
+LM_NAMES = ("lm.arpa.gz", "lm.arpa")  # what a model folder's LM may be called, the preferred first
+
+
+def folder_lm(folder: Path) -> Path | None:
+    """The LM of a model folder (``lm.arpa.gz``, or an older folder's plain ``lm.arpa``), if any."""
+    return next((folder / name for name in LM_NAMES if (folder / name).is_file()), None)
+
+
+def copy_lm(src: str | os.PathLike, dest: Path) -> None:
+    """Write ``dest`` (``lm.arpa.gz``) atomically from an ARPA file, gzipping a plain one. An ARPA LM
+    shrinks about 3x, and no timestamp goes into the gzip header, so the same LM gives the same bytes."""
+    with atomic_path(dest) as tmp:
+        if str(src).endswith(".gz"):
+            shutil.copyfile(src, tmp)
+        else:
+            with open(src, "rb") as f, open(tmp, "wb") as raw, \
+                    gzip.GzipFile(filename="lm.arpa", mode="wb", fileobj=raw, mtime=0) as out:
+                shutil.copyfileobj(f, out, 1 << 20)
 
 
 def is_ctc_bundle(path: str | os.PathLike) -> bool:
@@ -96,7 +119,7 @@ def load_recognizer(path: str | os.PathLike | None = None, *, device: str | torc
         tokenizer = load_tokenizer(config["tokenizer"])
         decoder_file = path / "decoder.json"
         decoder = json.loads(decoder_file.read_text()) if decoder_file.is_file() else {}
-        lm_path = path / "lm.arpa" if (path / "lm.arpa").is_file() else None
+        lm_path = folder_lm(path)
     elif is_wav2vec2_folder(path):
         from asr.wav2vec2 import load_wav2vec2
 
@@ -128,7 +151,11 @@ def export_bundle(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, 
         "training_config": state["config"],
         "step": state["step"],
     })
-    for src, name in ((lm, "lm.arpa"), (decoder, "decoder.json"), (card, "README.md")):
+    for name in LM_NAMES:  # a stale LM of an earlier export would be used
+        (out / name).unlink(missing_ok=True)
+    if lm:
+        copy_lm(lm, out / LM_NAMES[0])
+    for src, name in ((decoder, "decoder.json"), (card, "README.md")):
         if src:
             with atomic_path(out / name) as tmp:
                 shutil.copyfile(src, tmp)

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from asr.lm import open_arpa
 from asr.metrics import wer
 from asr.tokenizer import WORD_SEPARATOR, Tokenizer
 
@@ -250,7 +251,7 @@ def read_arpa_words(path: str | os.PathLike) -> list[str]:
     """The unigram words of an ARPA file, without ``<s>``, ``</s>`` and ``<unk>``."""
     words = []
     in_unigrams = False
-    with open(path, encoding="utf-8") as f:
+    with open_arpa(path) as f:
         for line in f:
             line = line.strip()
             if line == "\\1-grams:":

@@ -32,6 +32,7 @@ CLI::
 from __future__ import annotations
 
 import argparse
+import gzip
 import logging
 import math
 import os
@@ -51,12 +52,20 @@ __all__ = [
     "kneser_ney_discounts",
     "write_arpa",
     "token_sentences",
+    "open_arpa",
     "main",
 ]
 
 logger = logging.getLogger(__name__)
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
+
+
+def open_arpa(path: str | os.PathLike):
+    """An ARPA file opened for reading as text, gzipped (``.gz``, as model folders keep it) or plain."""
+    if str(path).endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8")
 _BOS_ID, _EOS_ID, _UNK_ID = 0, 1, 2
 LOG10_ZERO = -99.0
 FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)
@@ -163,7 +172,7 @@ class ArpaLM:
         tables: list[dict[NGram, tuple[float, float]]] = []
         expected: list[int] = []
         section = None
-        with open(path, encoding="utf-8") as f:
+        with open_arpa(path) as f:
             for line_no, raw in enumerate(f, start=1):
                 line = raw.strip()
                 if not line:

@@ -18,7 +18,7 @@ loads through ``load_pretrained`` instead)::
       config.json, model.safetensors          Wav2Vec2ForCTC (vocab = our tokenizer, blank = pad id 0)
       vocab.json, tokenizer_config.json, preprocessor_config.json, ...   Wav2Vec2Processor
       glottis.json     {"format": "glottis-wav2vec2-1", "tokenizer", "sample_rate", "step", "train_seconds", ...}
-      decoder.json, lm.arpa                   optional, as in ``asr.bundle``
+      decoder.json, lm.arpa.gz                optional, as in ``asr.bundle``
 
 Decoding uses our decoders (greedy, prefix beam, LM beam search) on the model's CTC log-probs. Label ids
 are turned back into text with our tokenizer (``decode_labels``), which never merges repeated letters;
@@ -57,7 +57,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from asr.augment import AugmentConfig, WaveAugment
-from asr.bundle import WAV2VEC2_FORMAT, LoadedModel
+from asr.bundle import WAV2VEC2_FORMAT, LoadedModel, copy_lm, folder_lm
 from asr.model import ConvBlock, run_lstm
 from asr.tokenizer import Tokenizer, load_tokenizer
 from audio.atomic import write_json
@@ -743,7 +743,8 @@ def set_front_end_stats(model: Wav2Vec2PreTrainedModel, stats: FeatureStats | No
 def save_model_dir(recognizer: Wav2Vec2Recognizer, tokenizer: Tokenizer, out: str | os.PathLike,
                    meta: dict | None = None, *, extra: dict[str, str | os.PathLike | None] | None = None) -> Path:
     """Write a model folder atomically (``out.tmp/`` renamed to ``out/``). ``extra`` maps file names
-    in the folder (``lm.arpa``, ``decoder.json``) to files to copy there. Returns ``out``."""
+    in the folder (``lm.arpa.gz``, ``decoder.json``) to files to copy there (an LM is gzipped on the way).
+    Returns ``out``."""
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -752,7 +753,9 @@ def save_model_dir(recognizer: Wav2Vec2Recognizer, tokenizer: Tokenizer, out: st
     build_processor(tokenizer, sample_rate=recognizer.feature_config.sample_rate,
                     attention_mask=recognizer.use_attention_mask).save_pretrained(str(tmp))
     for name, src in (extra or {}).items():
-        if src:
+        if src and name.startswith("lm.arpa"):
+            copy_lm(src, tmp / "lm.arpa.gz")
+        elif src:
             shutil.copyfile(src, tmp / name)
     write_json(tmp / "glottis.json", {"format": WAV2VEC2_FORMAT, "tokenizer": tokenizer.to_dict(),
                                       "sample_rate": recognizer.feature_config.sample_rate, **(meta or {})})
@@ -786,7 +789,7 @@ def load_wav2vec2(path: str | os.PathLike, *, state: dict | None = None,
                              f"{tokenizer.vocab_size} ids")
         decoder_file = path / "decoder.json"
         decoder = json.loads(decoder_file.read_text()) if decoder_file.is_file() else {}
-        lm_path = path / "lm.arpa" if (path / "lm.arpa").is_file() else None
+        lm_path = folder_lm(path)
     recognizer.eval().to(device)
     return LoadedModel(recognizer, tokenizer, recognizer.feature_config, decoder, lm_path, path)
 
@@ -975,7 +978,7 @@ def export(model_path: str, out: str, *, lm: str | None, decoder: str | None) ->
         meta = {k: v for k, v in json.loads((path / "glottis.json").read_text()).items()
                 if k not in ("format", "tokenizer", "sample_rate")}
     return save_model_dir(loaded.recognizer, loaded.tokenizer, out, meta,
-                          extra={"lm.arpa": lm, "decoder.json": decoder})
+                          extra={"lm.arpa.gz": lm, "decoder.json": decoder})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import shutil
 
 import pytest
 import torch
@@ -33,14 +35,16 @@ def run_both(loaded_a, loaded_b, wavs):
 def test_bundle_folder_layout_and_fp16_safetensors(tiny_bundle, tiny_exp, asr_corpus):
     assert is_ctc_bundle(tiny_bundle)
     assert sorted(p.name for p in tiny_bundle.iterdir()) == [
-        "config.json", "decoder.json", "lm.arpa", "model.safetensors"]
+        "config.json", "decoder.json", "lm.arpa.gz", "model.safetensors"]
     assert not list(tiny_bundle.glob("*.tmp"))
     config = json.loads((tiny_bundle / "config.json").read_text())
     state = CheckpointManager.load(tiny_exp / "final.pt")
     assert config["model_config"] == json.loads(json.dumps(state["model_config"]))
     assert config["feature_config"]["n_mels"] == 40
     assert config["tokenizer"] == CharTokenizer().to_dict()
-    assert (tiny_bundle / "lm.arpa").read_text() == asr_corpus.lm.read_text()
+    lm = tiny_bundle / "lm.arpa.gz"  # gzipped, with no timestamp: the same LM gives the same bytes
+    assert gzip.decompress(lm.read_bytes()).decode() == asr_corpus.lm.read_text()
+    assert lm.read_bytes()[4:8] == b"\0\0\0\0"
     with safe_open(str(tiny_bundle / "model.safetensors"), framework="pt") as f:
         dtypes = {k: f.get_tensor(k).dtype for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
     assert set(dtypes) == set(state["model"])
@@ -56,7 +60,7 @@ def test_bundle_folder_layout_and_fp16_safetensors(tiny_bundle, tiny_exp, asr_co
 def test_bundle_reloads_to_the_checkpoint_within_fp16_tolerance(tiny_bundle, tiny_exp, asr_corpus):
     from_folder = load_recognizer(tiny_bundle)
     from_checkpoint = load_recognizer(tiny_exp / "final.pt")
-    assert from_folder.decoder["beam"] == 8 and from_folder.lm_path == tiny_bundle / "lm.arpa"
+    assert from_folder.decoder["beam"] == 8 and from_folder.lm_path == tiny_bundle / "lm.arpa.gz"
     assert from_checkpoint.decoder == {} and from_checkpoint.lm_path is None
     assert not from_folder.recognizer.training
     assert torch.equal(from_folder.recognizer.feat_mean, from_checkpoint.recognizer.feat_mean)
@@ -78,7 +82,7 @@ def test_fp32_bundle_from_the_cli_is_exact(tiny_exp, asr_corpus, tmp_path):
     assert bundle.main(["--checkpoint", str(tiny_exp / "final.pt"), "--out", str(out), "--fp32",
                         "--card", str(card)]) == 0
     assert (out / "README.md").read_text() == "# tiny\n"
-    assert not (out / "lm.arpa").exists() and not (out / "decoder.json").exists()
+    assert not (out / "lm.arpa.gz").exists() and not (out / "decoder.json").exists()
     loaded = load_recognizer(out)
     assert loaded.lm_path is None and loaded.decoder == {}
     (a, _), (b, _) = run_both(loaded, load_recognizer(tiny_exp / "final.pt"), asr_corpus.wavs()[:3])
@@ -98,7 +102,7 @@ def test_a_fresh_export_replaces_an_old_folder(tiny_exp, asr_corpus, tmp_path):
     out = tmp_path / "model"
     export_bundle(tiny_exp / "final.pt", out, lm=str(asr_corpus.lm))
     first = (out / "model.safetensors").read_bytes()
-    assert load_recognizer(out).lm_path == out / "lm.arpa"
+    assert load_recognizer(out).lm_path == out / "lm.arpa.gz"
     # Exported again without an LM: the old LM must not be picked up with the new weights.
     export_bundle(tiny_exp / "final.pt", out)
     assert (out / "model.safetensors").read_bytes() == first
@@ -150,3 +154,24 @@ def test_utterance_cmn_travels_with_checkpoint_and_bundle(tiny_exp, tmp_path):
     folder = export_bundle(checkpoint, tmp_path / "bundle")
     assert json.loads((folder / "config.json").read_text())["training_config"]["utterance_cmn"] is True
     assert load_recognizer(folder).recognizer.utterance_cmn is True
+
+
+def test_a_gzipped_lm_decodes_as_the_plain_one_and_old_folders_still_load(tiny_bundle, tiny_exp, asr_corpus, tmp_path):
+    """KenLM reads the folder's lm.arpa.gz as it is; a folder from before (plain lm.arpa) keeps working."""
+    from asr.decode import DecoderConfig, LMBeamSearchDecoder, read_arpa_words
+
+    assert read_arpa_words(tiny_bundle / "lm.arpa.gz") == read_arpa_words(asr_corpus.lm)
+    old = tmp_path / "old"
+    shutil.copytree(tiny_bundle, old)
+    (old / "lm.arpa.gz").unlink()
+    shutil.copyfile(asr_corpus.lm, old / "lm.arpa")
+    loaded = load_recognizer(old)
+    assert loaded.lm_path == old / "lm.arpa"
+    waves = [load(w, 16000)[0] for w in asr_corpus.wavs()[:4]]
+    lengths = torch.tensor([w.numel() for w in waves])
+    with torch.inference_mode():
+        log_probs, out_lengths = loaded.recognizer(torch.nn.utils.rnn.pad_sequence(waves, batch_first=True), lengths)
+    config = DecoderConfig(beam=8, lm_weight=1.0, word_score=0.0)
+    texts = [[h.text for h in LMBeamSearchDecoder(loaded.tokenizer, lm_path=lm, config=config)(log_probs, out_lengths)]
+             for lm in (old / "lm.arpa", tiny_bundle / "lm.arpa.gz")]
+    assert texts[0] == texts[1] and any(texts[0])
