@@ -18,6 +18,10 @@
 # configs/asr/wav2vec2_small.yaml (W2V_CONFIG=...) is ~4x slower per step and far less accurate.
 # configs/asr/wav2vec2_logmel40.yaml (40 ms frames) halves every wav2vec 2.0 stage's time for the same
 # greedy CER, but the LM then helps less (RESULTS.md, session 18).
+# The best wav2vec 2.0 measured since (RESULTS.md, sessions 26-31) is configs/asr/wav2vec2_fbank40.yaml
+# fine-tuned for 3000 steps (W2V_FT_ARGS='--set finetune.total_steps=3000', 70 min on two threads): test
+# greedy CER 27.55%. The Conv1D+BiLSTM trained for 3000 steps on the same hour gets 26.31%, so issue 6's
+# target is not met either way, and the defaults above stay those whose whole run was timed (2.2 h).
 W2V_CONFIG ?= $(ROOT)/configs/asr/wav2vec2_logmel.yaml
 W2V_EXP ?= exp/wav2vec2
 W2V_PT := $(W2V_EXP)/pretrain
