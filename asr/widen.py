@@ -94,16 +94,18 @@ def widen_lstm_state(state: dict[str, torch.Tensor], new_hidden: int, *, seed: i
 
 def _load_state(path: Path) -> dict[str, torch.Tensor]:
     if path.is_dir():
+        if not (path / "model.safetensors").is_file():
+            raise FileNotFoundError("a folder without model.safetensors")
         path = path / "model.safetensors"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
+    elif not path.is_file():
+        raise FileNotFoundError("no such file or folder")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         return {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
     state = CheckpointManager.load(path)
     if "model" not in state:
-        raise ValueError(f"{path} is not a checkpoint (no 'model' entry)")
+        raise ValueError("not a checkpoint (no 'model' entry)")
     return {k: v.float() if v.is_floating_point() else v for k, v in state["model"].items()}
 
 
