@@ -59,6 +59,12 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
+_BOS_ID, _EOS_ID, _UNK_ID = 0, 1, 2
+LOG10_ZERO = -99.0
+FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)
+MAX_ORDER = 6
+
+NGram = tuple[int, ...]
 
 
 def open_arpa(path: str | os.PathLike):
@@ -66,12 +72,6 @@ def open_arpa(path: str | os.PathLike):
     if str(path).endswith(".gz"):
         return gzip.open(path, "rt", encoding="utf-8")
     return open(path, encoding="utf-8")
-_BOS_ID, _EOS_ID, _UNK_ID = 0, 1, 2
-LOG10_ZERO = -99.0
-FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)
-MAX_ORDER = 6
-
-NGram = tuple[int, ...]
 
 
 class ArpaLM:

@@ -753,10 +753,8 @@ def save_model_dir(recognizer: Wav2Vec2Recognizer, tokenizer: Tokenizer, out: st
     build_processor(tokenizer, sample_rate=recognizer.feature_config.sample_rate,
                     attention_mask=recognizer.use_attention_mask).save_pretrained(str(tmp))
     for name, src in (extra or {}).items():
-        if src and name.startswith("lm.arpa"):
-            copy_lm(src, tmp / "lm.arpa.gz")
-        elif src:
-            shutil.copyfile(src, tmp / name)
+        if src:
+            (copy_lm if name == "lm.arpa.gz" else shutil.copyfile)(src, tmp / name)
     write_json(tmp / "glottis.json", {"format": WAV2VEC2_FORMAT, "tokenizer": tokenizer.to_dict(),
                                       "sample_rate": recognizer.feature_config.sample_rate, **(meta or {})})
     if out.exists():

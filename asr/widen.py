@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from audio.atomic import atomic_path
-from audio.training import CheckpointManager, init_label
+from audio.training import init_label, read_weights
 
 log = logging.getLogger(__name__)
 
@@ -92,23 +92,6 @@ def widen_lstm_state(state: dict[str, torch.Tensor], new_hidden: int, *, seed: i
     return out
 
 
-def _load_state(path: Path) -> dict[str, torch.Tensor]:
-    if path.is_dir():
-        if not (path / "model.safetensors").is_file():
-            raise FileNotFoundError("a folder without model.safetensors")
-        path = path / "model.safetensors"
-    elif not path.is_file():
-        raise FileNotFoundError("no such file or folder")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
-    state = CheckpointManager.load(path)
-    if "model" not in state:
-        raise ValueError("not a checkpoint (no 'model' entry)")
-    return {k: v.float() if v.is_floating_point() else v for k, v in state["model"].items()}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m asr.widen", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, type=Path,
@@ -119,10 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        state = _load_state(args.model)
+        _, stored = read_weights(args.model, label="--model")
+        state = {k: v.float() if v.is_floating_point() else v for k, v in stored.items()}
         wide = widen_lstm_state(state, args.lstm_hidden, seed=args.seed)
     except (FileNotFoundError, ValueError) as e:
-        print(f"python -m asr.widen: error: {args.model}: {e}", file=sys.stderr)
+        print(f"python -m asr.widen: error: {e}", file=sys.stderr)
         return 2
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(args.out) as tmp:

@@ -32,6 +32,7 @@ __all__ = [
     "average_state_dicts",
     "TrainLogger",
     "load_init_weights",
+    "read_weights",
     "init_label",
 ]
 
@@ -147,6 +148,25 @@ class CheckpointManager:
         return torch.load(path, map_location=map_location, weights_only=True)
 
 
+def read_weights(path: str | os.PathLike, *, label: str) -> tuple[Path, dict[str, torch.Tensor]]:
+    """The trained weights in ``path``: a bundle folder holding ``model.safetensors``, a ``.safetensors``
+    file, or a checkpoint ``.pt`` with a ``model`` entry. Returns the file read and its tensors as stored
+    (bundles may be fp16). Errors name the file, after ``label`` (the option that gave it)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    if not path.exists():
+        raise FileNotFoundError(f"{label}: {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return path, load_file(str(path))
+    state = CheckpointManager.load(path)
+    if "model" not in state:
+        raise ValueError(f"{label}: {path} is not a checkpoint (no 'model' entry)")
+    return path, state["model"]
+
+
 def load_init_weights(module: torch.nn.Module, path: str | os.PathLike, skip: tuple[str, ...] = ()) -> Path:
     """Load trained weights into ``module`` to continue training from them (a longer run carried over
     sessions, or fine-tuning). ``path`` is a bundle folder holding ``model.safetensors``, a
@@ -154,20 +174,7 @@ def load_init_weights(module: torch.nn.Module, path: str | os.PathLike, skip: tu
     the module's dtypes (bundles may be fp16). The architecture must match exactly, except for the
     submodules named in ``skip`` (e.g. ``("postnet",)``), which keep their fresh initialisation whatever
     the file holds for them; a mismatch raises a ``ValueError`` naming the file. Returns the file read."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "model.safetensors"
-    if not path.exists():
-        raise FileNotFoundError(f"--init: {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        weights = load_file(str(path))
-    else:
-        state = CheckpointManager.load(path)
-        if "model" not in state:
-            raise ValueError(f"--init: {path} is not a checkpoint (no 'model' entry)")
-        weights = state["model"]
+    path, weights = read_weights(path, label="--init")
 
     def skipped(key: str) -> bool:
         return any(key == name or key.startswith(name + ".") for name in skip)
