@@ -37,6 +37,7 @@ demo: setup
 	$(MAKE) -C recipes/synth_en demo
 
 bench: setup
+	$(MAKE) -C recipes/real_en data
 	$(PYTHON) -m bench.run
 
 data: setup

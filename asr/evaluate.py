@@ -291,9 +291,10 @@ def cmd_card(args) -> int:
     lines += ["", f"LM decoding: beam {d.get('beam')}, LM weight {d.get('lm_weight')}, word score "
               f"{d.get('word_score')} (tuned on dev). Per-voice scores are in the recipe's RESULTS.md.", "",
               "## Limits", "",
-              "Trained only on synthetic speech. Accuracy on real recordings has not been measured here "
-              "(no real corpus is available offline); the augmentation (noise, reverberation, telephone "
-              "band, speed, equalisation, SpecAugment) is meant to narrow that gap."]
+              "Trained only on synthetic speech, which the augmentation (noise, reverberation, telephone "
+              "band, speed, equalisation, SpecAugment) does not make real: `make -C recipes/real_en "
+              "MODEL=<this folder>` measures it on real recordings (Asterisk's telephone prompts and the "
+              "recordings in pinned PyPI sdists; `make bench` puts pocketsphinx beside it)."]
     write_text(args.out, "\n".join(lines) + "\n")
     return 0
 

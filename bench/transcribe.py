@@ -1,9 +1,15 @@
 """Recognition speed and accuracy, ours (bundled model) vs pocketsphinx's en-US model, on one thread.
 
-Both read the same utterances of the synth_en test split, whose voices are never seen in training.
+Both read the same utterances of three sets:
+
+* the synth_en test split, whose synthetic voices are never seen in training (an even sample of 60);
+* real recordings (``recipes/real_en``, ``audio.real_speech``): Asterisk's telephone prompts, one
+  professional voice at 8 kHz (an even sample of 100), and the recordings of pinned PyPI sdists, 9
+  speakers (all 31). pocketsphinx's model was trained on real speech; ours has heard only synthesisers.
+
 The real-time factor (RTF) is compute seconds per second of audio, audio already in memory. "adapted" is
-ours after unsupervised adaptation to each voice's utterances here (``asr.adapt``, as ``glottis transcribe
---adapt all`` run once per voice); its RTF includes the adaptation.
+ours after unsupervised adaptation to each voice's or speaker's utterances here (``asr.adapt``, as
+``glottis transcribe --adapt all`` run once per voice); its RTF includes the adaptation.
 """
 
 from __future__ import annotations
@@ -19,14 +25,20 @@ from audio.manifest import read_manifest, resolve_audio
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_MANIFEST = ROOT / "recipes" / "synth_en" / "data" / "manifests" / "test.jsonl"
-UTTERANCES = 60
+REAL_MANIFESTS = ROOT / "recipes" / "real_en" / "data" / "manifests"
+# (label, manifest, utterances sampled, how to build it)
+SETS = [
+    ("synth_en test, unseen voices", TEST_MANIFEST, 60, "make data"),
+    ("real: Asterisk prompts, 8 kHz", REAL_MANIFESTS / "asterisk.jsonl", 100, "make -C recipes/real_en data"),
+    ("real: PyPI sdist recordings", REAL_MANIFESTS / "pypi.jsonl", 31, "make -C recipes/real_en data"),
+]
 
 
-def _test_set(limit: int) -> list[tuple[str, torch.Tensor, str]]:
-    """(text, 16 kHz wave, voice) of an even sample of the test split."""
-    records = read_manifest(TEST_MANIFEST)
+def _sample(manifest: Path, limit: int) -> list[tuple[str, torch.Tensor, str]]:
+    """(text, 16 kHz wave, voice) of an even sample of ``limit`` utterances of a manifest."""
+    records = read_manifest(manifest)
     records = records[:: max(1, len(records) // limit)][:limit]
-    return [(r.text, load(resolve_audio(TEST_MANIFEST, r), 16000)[0], r.voice_or_speaker) for r in records]
+    return [(r.text, load(resolve_audio(manifest, r), 16000)[0], r.voice_or_speaker) for r in records]
 
 
 def _pocketsphinx(data) -> tuple[list[str], float]:
@@ -64,15 +76,10 @@ def _ours(data, *, use_lm: bool, adapt: bool = False) -> tuple[list[str], float]
     return hyps, compute
 
 
-def run(repeats: int) -> list[dict]:
-    """Rows: RTF and test WER/CER for ours (greedy, LM) and pocketsphinx."""
+def _rows(label: str, data) -> list[dict]:
+    """Rows for one set: RTF and WER/CER for ours (greedy, LM, adapted) and pocketsphinx."""
     from asr.metrics import cer, wer
 
-    torch.set_num_threads(1)
-    if not TEST_MANIFEST.exists():
-        return [{"benchmark": "transcribe", "impl": "ours", "median_s": None, "ratio_vs_ours": None,
-                 "note": f"{TEST_MANIFEST} missing: run `make data` first"}]
-    data = _test_set(UTTERANCES)
     refs = [text for text, _, _ in data]
     audio_s = sum(w.numel() for _, w, _ in data) / 16000
     results = {"ours (greedy)": _ours(data, use_lm=False), "ours (LM)": _ours(data, use_lm=True),
@@ -85,12 +92,12 @@ def run(repeats: int) -> list[dict]:
     rows = []
     for impl, result in results.items():
         if result is None:
-            rows.append({"benchmark": "transcribe test split", "impl": impl, "median_s": None,
+            rows.append({"benchmark": f"transcribe: {label}", "impl": impl, "median_s": None,
                          "ratio_vs_ours": None, "note": "pocketsphinx is not installed"})
             continue
         hyps, compute = result
         rows.append({
-            "benchmark": f"transcribe {len(data)} test utts ({audio_s:.0f} s, unseen voices)",
+            "benchmark": f"transcribe {len(data)} utts ({audio_s:.0f} s): {label}",
             "impl": impl,
             "median_s": compute,
             "ratio_vs_ours": compute / base,
@@ -98,6 +105,19 @@ def run(repeats: int) -> list[dict]:
             "wer": round(wer(refs, hyps), 4),
             "cer": round(cer(refs, hyps), 4),
         })
+    return rows
+
+
+def run(repeats: int) -> list[dict]:
+    """Rows per set (see the module's docstring); a set whose manifest is missing gets a note instead."""
+    torch.set_num_threads(1)
+    rows = []
+    for label, manifest, limit, command in SETS:
+        if not manifest.exists():
+            rows.append({"benchmark": f"transcribe: {label}", "impl": "ours", "median_s": None,
+                         "ratio_vs_ours": None, "note": f"{manifest} missing: run `{command}` first"})
+            continue
+        rows += _rows(label, _sample(manifest, limit))
     return rows
 
 
