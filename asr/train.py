@@ -67,6 +67,7 @@ class TrainConfig:
     # are repeated this many times per epoch, so they are not drowned by the many espeak voices.
     oversample_engines: tuple[str, ...] = ()
     oversample_factor: int = 1
+    engines: tuple[str, ...] = ()  # train only on utterances of these engines (empty: all of them)
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,10 @@ def build_loader(manifest: Path, cfg: ASRConfig, tokenizer, *, rank: int, world:
     records = [r for r in read_manifest(manifest) if keep_utterance(r.text, tokenizer)]
     if train:
         records = [r for r in records if r.duration <= cfg.train.max_duration]
+        if cfg.train.engines:
+            records = [r for r in records if r.engine in cfg.train.engines]
+            if not records:
+                raise ValueError(f"{manifest}: no training utterance of engines {list(cfg.train.engines)}")
         extra = [r for r in records if r.engine in cfg.train.oversample_engines]
         records += extra * (cfg.train.oversample_factor - 1)
     if limit is not None and len(records) > limit:

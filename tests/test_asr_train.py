@@ -169,6 +169,21 @@ def test_oversampled_engines_are_repeated_in_each_epoch(asr_corpus):
     assert len(untouched.dataset) == len(plain.dataset)
 
 
+def test_training_can_keep_only_some_engines(asr_corpus):
+    from asr.tokenizer import load_tokenizer
+    from asr.train import build_loader
+
+    tokenizer = load_tokenizer(json.loads(Path(asr_corpus.tokenizer).read_text()))
+    plain, _ = build_loader(asr_corpus.manifest, load_config(ASRConfig, TINY_CONFIG), tokenizer, rank=0, world=1,
+                            train=True)
+    kept, _ = build_loader(asr_corpus.manifest, load_config(ASRConfig, TINY_CONFIG, ["train.engines=[espeak-ng]"]),
+                           tokenizer, rank=0, world=1, train=True)
+    assert len(kept.dataset) == len(plain.dataset) > 0
+    with pytest.raises(ValueError, match=r"no training utterance of engines \['flite'\]"):
+        build_loader(asr_corpus.manifest, load_config(ASRConfig, TINY_CONFIG, ["train.engines=[flite]"]), tokenizer,
+                     rank=0, world=1, train=True)
+
+
 def test_init_starts_from_trained_weights_and_resuming_wins(asr_corpus, tiny_exp, tmp_path, caplog):
     from asr.bundle import export_bundle
 
