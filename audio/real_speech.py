@@ -141,7 +141,9 @@ def _deb_members(deb: Path, prefix: str) -> dict[str, bytes]:
 
 def _build_asterisk(out_dir: Path, cache: Path, skipped: list[str]) -> list[Utterance]:
     sounds_deb, texts_deb = (_apt_download(p, cache) for p in ASTERISK_DEBS)
-    (text_gz,) = _deb_members(texts_deb, _ASTERISK_TEXTS).values()
+    text_gz = _deb_members(texts_deb, _ASTERISK_TEXTS).get(_ASTERISK_TEXTS)
+    if text_gz is None:
+        raise RuntimeError(f"{texts_deb}: has no {_ASTERISK_TEXTS}")
     texts = read_asterisk_texts(gzip.decompress(text_gz).decode("utf-8").splitlines())
     records = []
     for path, data in sorted(_deb_members(sounds_deb, _ASTERISK_SOUNDS).items()):
