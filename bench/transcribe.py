@@ -121,5 +121,28 @@ def run(repeats: int) -> list[dict]:
     return rows
 
 
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.transcribe [--manifest M [--limit N]]``: the bench's sets, or every (or an even
+    sample of ``N``) utterance of one manifest, scored the same way; a markdown table on stdout."""
+    import argparse
+
+    from bench.run import markdown_table
+
+    parser = argparse.ArgumentParser(prog="python -m bench.transcribe", description="Transcription accuracy and speed, ours (greedy, LM, adapted) beside pocketsphinx, "
+                                     "on one thread: on the bench's sets or on one manifest.")
+    parser.add_argument("--manifest", type=Path, help="score this manifest instead of the bench's sets")
+    parser.add_argument("--limit", type=int, default=0, help="an even sample of this many utterances (0: all)")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON instead")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    if args.manifest is None:
+        rows = run(1)
+    else:
+        records = read_manifest(args.manifest)
+        rows = _rows(args.manifest.name, _sample(args.manifest, args.limit or len(records)))
+    print(json.dumps(rows, indent=1) if args.json else markdown_table(rows))
+    return 0
+
+
 if __name__ == "__main__":
-    print(json.dumps(run(1), indent=1))
+    raise SystemExit(main())
