@@ -349,6 +349,12 @@ def trailing_zero_lengths(waves: torch.Tensor) -> torch.Tensor:
     return torch.where(nonzero.any(dim=1), last, torch.ones_like(last))
 
 
+def feature_differences(theirs: FeatureConfig, ours: FeatureConfig, name: str) -> str:
+    """The fields where two feature configs differ, as ``"n_mels 40 (<name>: 80), ..."``; ``""`` if none."""
+    a, b = asdict(theirs), asdict(ours)
+    return ", ".join(f"{k} {a[k]} ({name}: {b[k]})" for k in b if a[k] != b[k])
+
+
 class FbankBranch(nn.Module):
     """The Conv1D+BiLSTM's front end for ``LSTMHead`` (``head.fbank``): the raw waveform's 10 ms log-mels,
     normalised by the global statistics in ``feat_mean``/``feat_std`` (buffers, saved with the weights; set
@@ -380,10 +386,9 @@ class FbankBranch(nn.Module):
         if stats.dim != len(self.feat_mean):
             raise ValueError(f"feature stats have {stats.dim} bands, {self.name} {len(self.feat_mean)} mels")
         if stats.feature_config is not None:
-            theirs, ours = asdict(FeatureConfig(**stats.feature_config)), asdict(self.feature_config)
-            differ = [f"{k} {theirs[k]} ({self.name}: {ours[k]})" for k in ours if theirs[k] != ours[k]]
+            differ = feature_differences(FeatureConfig(**stats.feature_config), self.feature_config, self.name)
             if differ:
-                raise ValueError(f"feature stats were taken with other features: {', '.join(differ)}")
+                raise ValueError(f"feature stats were taken with other features: {differ}")
         self.feat_mean.copy_(torch.tensor(stats.mean))
         self.feat_std.copy_(torch.tensor(stats.std).clamp(min=1e-5))
 
@@ -723,9 +728,10 @@ def init_ctc_model(init: str, cfg: Wav2Vec2ExpConfig, tokenizer: Tokenizer,
     branch = getattr(model.lm_head, "fbank_branch", None)
     if branch is not None and cfg.head.fbank_from_body:  # weights, batch-norm and feature statistics
         body = model.wav2vec2.feature_extractor
-        if branch.feature_config != body.feature_config:
-            raise ValueError(f"head.fbank_from_body: --feature-stats were taken with {branch.feature_config}, "
-                             f"the body's front end computes {body.feature_config}")
+        differ = feature_differences(branch.feature_config, body.feature_config, "the body's front end")
+        if differ:
+            raise ValueError(f"head.fbank_from_body: --feature-stats were taken with other features than the "
+                             f"body's front end computes: {differ}")
         branch.load_state_dict(body.state_dict())
     elif branch is not None:
         branch.set_stats(feature_stats)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -563,3 +563,8 @@ def test_fbank_branch_from_body_starts_as_the_pretrained_front_end_and_reads_its
                        CharTokenizer(), FeatureStats.load(stats))
     with pytest.raises(ValueError, match="head.fbank_from_body needs head.fbank"):
         load_config(Wav2Vec2ExpConfig, TINY, ["head.kind=lstm", "head.fbank_from_body=true"])
+    other = FeatureStats.load(stats)
+    other = replace(other, feature_config={**other.feature_config, "fmax": 7000.0})
+    with pytest.raises(ValueError, match=r"other features than the body's front end computes: "
+                                         r"fmax 7000.0 \(the body's front end: 8000.0\)$"):
+        init_ctc_model(str(pt / "final"), cfg, CharTokenizer(), other)
