@@ -15,6 +15,7 @@ ours after unsupervised adaptation to each voice's or speaker's utterances here 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -128,8 +129,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench.run import markdown_table
 
-    parser = argparse.ArgumentParser(prog="python -m bench.transcribe", description="Transcription accuracy and speed, ours (greedy, LM, adapted) beside pocketsphinx, "
-                                     "on one thread: on the bench's sets or on one manifest.")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.transcribe",
+        description="Transcription accuracy and speed on one thread, ours (greedy, LM, adapted) beside "
+                    "pocketsphinx: on the bench's sets, or on one manifest.")
     parser.add_argument("--manifest", type=Path, help="score this manifest instead of the bench's sets")
     parser.add_argument("--limit", type=int, default=0, help="an even sample of this many utterances (0: all)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead")
@@ -138,8 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.manifest is None:
         rows = run(1)
     else:
-        records = read_manifest(args.manifest)
-        rows = _rows(args.manifest.name, _sample(args.manifest, args.limit or len(records)))
+        rows = _rows(args.manifest.name, _sample(args.manifest, args.limit or sys.maxsize))
     print(json.dumps(rows, indent=1) if args.json else markdown_table(rows))
     return 0
 
