@@ -4,9 +4,9 @@ No speech corpus can be downloaded here, only packages, and some packages carry 
 
 * ``asterisk``: Debian's ``asterisk-core-sounds-en-wav``, the Asterisk PBX's prompts read by one
   professional voice (Allison Smith, CC-BY-SA-3.0) as 8 kHz telephone audio. Their texts are in
-  ``core-sounds-en.txt`` of ``asterisk-core-sounds-en`` (both pinned to bookworm's 1.6.1-1). Tones, silences and prompts whose numbers
-  could be read more than one way (``1234``, ``28.8``) are left out; the rest is spelled as spoken
-  (``press 1`` -> ``press one``, ``#`` -> ``pound``).
+  ``core-sounds-en.txt`` of ``asterisk-core-sounds-en`` (both pinned to bookworm's 1.6.1-1). Tones,
+  silences and prompts whose numbers could be read more than one way (``1234``, ``28.8``) are left
+  out; the rest is spelled as spoken (``press 1`` -> ``press one``, ``#`` -> ``pound``).
 * ``pypi``: the recordings in the test and documentation folders of three pinned source
   distributions, whose words each package states: a LibriVox reader and five card-game commands
   (pocketsphinx's transcript files), "go forward ten meters" (its decoder tests), CMU ARCTIC awb's
