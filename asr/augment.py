@@ -33,6 +33,8 @@ class AugmentConfig:
     spec_augment: bool = True
     vtlp_prob: float = 0.0  # vocal-tract-length perturbation of the log-mel features (in the model)
     vtlp_range: tuple[float, float] = (0.9, 1.1)
+    blur_prob: float = 0.0  # Gaussian smoothing of the log-mel across bands (in the model; audio.augment.freq_blur)
+    blur_max_bands: float = 2.0  # its width is drawn from 0.3 to this many bands
     time_masks: int = 2
     max_time_width: int = 30  # frames (10 ms each)
     freq_masks: int = 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from audio.augment import spec_augment, vtlp_warp
+from audio.augment import freq_blur, spec_augment, vtlp_warp
 from audio.features import FeatureConfig, FeatureExtractor
 from audio.stats import FeatureStats
 
@@ -28,7 +28,8 @@ class Recognizer(nn.Module):
 
     def __init__(self, model: nn.Module, feature_config: FeatureConfig, stats: FeatureStats | None = None,
                  spec_augment_args: dict | None = None, vtlp_prob: float = 0.0,
-                 vtlp_range: tuple[float, float] = (0.9, 1.1), utterance_cmn: bool = False):
+                 vtlp_range: tuple[float, float] = (0.9, 1.1), utterance_cmn: bool = False,
+                 blur_prob: float = 0.0, blur_max_bands: float = 2.0):
         super().__init__()
         self.feature_config = feature_config
         self.utterance_cmn = utterance_cmn
@@ -44,6 +45,8 @@ class Recognizer(nn.Module):
         self.spec_augment_args = spec_augment_args or {}
         self.vtlp_prob = vtlp_prob
         self.vtlp_range = tuple(vtlp_range)
+        self.blur_prob = blur_prob
+        self.blur_max_bands = blur_max_bands
 
     @property
     def subsampling(self) -> int:
@@ -54,16 +57,19 @@ class Recognizer(nn.Module):
         """Seconds per output frame."""
         return self.feature_config.hop_length * self.subsampling / self.feature_config.sample_rate
 
-    def features(self, waves: torch.Tensor, lengths: torch.Tensor, warp: torch.Tensor | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    def features(self, waves: torch.Tensor, lengths: torch.Tensor, warp: torch.Tensor | None = None,
+                 blur: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, samples)`` -> normalised log-mel ``(B, frames, n_mels)`` (zero past each length), ``(B,)``.
 
-        ``warp`` ``(B,)``: VTLP factors applied to the log-mel bands before normalisation."""
+        ``warp`` ``(B,)``: VTLP factors applied to the log-mel bands before normalisation; ``blur`` ``(B,)``:
+        then Gaussian widths (bands) of a smoothing across bands (``audio.augment.freq_blur``)."""
         with torch.autocast(waves.device.type, enabled=False):
             feats, frame_lengths = self.frontend(waves.float(), lengths)
             if warp is not None:
                 cfg = self.feature_config
                 feats = vtlp_warp(feats, warp, fmin=cfg.fmin, fmax=cfg.mel_fmax, scale=cfg.mel_scale)
+            if blur is not None:
+                feats = freq_blur(feats, blur)
         return self.normalise(feats, frame_lengths), frame_lengths
 
     def normalise(self, feats: torch.Tensor, frame_lengths: torch.Tensor, scale: torch.Tensor | None = None,
@@ -87,14 +93,19 @@ class Recognizer(nn.Module):
         ``augment_seed`` (training only) applies SpecAugment with that seed.
         Returns CTC log-probs ``(B, frames', vocab)`` and ``(B,)`` output lengths.
         """
-        warp = None
+        warp = blur = None
         if augment_seed is not None and self.training and self.vtlp_prob > 0:
             gen = torch.Generator().manual_seed(augment_seed + 1)
             low, high = self.vtlp_range
             alphas = low + (high - low) * torch.rand(waves.shape[0], generator=gen, dtype=torch.float64)
             keep = torch.rand(waves.shape[0], generator=gen) >= self.vtlp_prob
             warp = alphas.masked_fill(keep, 1.0).to(waves.device)
-        feats, frame_lengths = self.features(waves, lengths, warp)
+        if augment_seed is not None and self.training and self.blur_prob > 0:
+            gen = torch.Generator().manual_seed(augment_seed + 2)
+            sigmas = 0.3 + (self.blur_max_bands - 0.3) * torch.rand(waves.shape[0], generator=gen, dtype=torch.float64)
+            keep = torch.rand(waves.shape[0], generator=gen) >= self.blur_prob
+            blur = sigmas.masked_fill(keep, 0.0)  # width 0: unchanged
+        feats, frame_lengths = self.features(waves, lengths, warp, blur)
         if augment_seed is not None and self.training:
             feats = spec_augment(feats, frame_lengths, generator=augment_seed, **self.spec_augment_args)
         return self.model(feats, frame_lengths)

@@ -171,7 +171,8 @@ def train(cfg: ASRConfig, args: argparse.Namespace) -> Path:
                      num_freq_masks=cfg.augment.freq_masks, max_freq_width=cfg.augment.max_freq_width)
     recognizer = Recognizer(model_cls(model_cfg), cfg.features, stats, spec_augment_args=spec_args,
                             vtlp_prob=cfg.augment.vtlp_prob, vtlp_range=cfg.augment.vtlp_range,
-                            utterance_cmn=cfg.utterance_cmn).to(device)
+                            utterance_cmn=cfg.utterance_cmn, blur_prob=cfg.augment.blur_prob,
+                            blur_max_bands=cfg.augment.blur_max_bands).to(device)
     n_params = sum(p.numel() for p in recognizer.parameters())
     log.info("model: %s, %.2fM parameters, vocab %d", cfg.model_type, n_params / 1e6, tokenizer.vocab_size)
 

@@ -19,6 +19,7 @@ __all__ = [
     "make_generator",
     "spec_augment",
     "vtlp_warp",
+    "freq_blur",
     "change_speed",
     "speed_perturb",
     "add_noise",
@@ -267,3 +268,25 @@ def vtlp_warp(
     frac = (index - lo).to(feats.dtype)[:, None, :]
     gather = lambda idx: torch.gather(feats, 2, idx[:, None, :].expand(-1, feats.shape[1], -1))  # noqa: E731
     return gather(lo) * (1 - frac) + gather(hi) * frac
+
+
+def freq_blur(feats: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """Smooth each item's features across bands with a Gaussian of ``sigmas[b]`` bands (0: unchanged).
+
+    A cruder spectrum: harmonics and narrow formant peaks are spread over neighbouring bands, so a
+    recogniser trained on it leans less on a synthesiser's exact spectral fine structure. Each output band
+    is a weighted mean of the input bands (weights renormalised at the edges, so a flat spectrum stays flat).
+
+    Args:
+        feats: ``(B, frames, n_mels)`` band features (log-mel or any other).
+        sigmas: ``(B,)`` widths in bands.
+    Returns:
+        The smoothed features, same shape; zero padding frames stay zero.
+    """
+    n_mels = feats.shape[-1]
+    bands = torch.arange(n_mels, dtype=torch.float64, device=feats.device)
+    dist2 = (bands[:, None] - bands[None, :]).square()  # (M, M)
+    sig = sigmas.to(device=feats.device, dtype=torch.float64).clamp(min=1e-6)[:, None, None]
+    weights = torch.exp(-dist2[None] / (2 * sig.square()))  # (B, M_out, M_in)
+    weights = weights / weights.sum(-1, keepdim=True)
+    return torch.bmm(feats, weights.transpose(1, 2).to(feats.dtype))

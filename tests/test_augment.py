@@ -7,7 +7,16 @@ import math
 import pytest
 import torch
 
-from audio.augment import add_noise, change_speed, snr_db, spec_augment, speed_perturb, telephone, vtlp_warp
+from audio.augment import (
+    add_noise,
+    change_speed,
+    freq_blur,
+    snr_db,
+    spec_augment,
+    speed_perturb,
+    telephone,
+    vtlp_warp,
+)
 
 SR = 16000
 
@@ -214,3 +223,19 @@ def test_vtlp_pins_fmax_and_is_per_item():
         torch.testing.assert_close(out[i : i + 1], alone)
     zero = torch.zeros(1, 4, 40)
     assert torch.equal(vtlp_warp(zero, torch.tensor([1.1]), fmin=0.0, fmax=8000.0), zero)
+
+
+def test_freq_blur_smooths_across_bands_and_keeps_what_it_should():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 6, 40, generator=g)
+    x[:, 4:] = 0.0  # padding frames
+    y = freq_blur(x, torch.tensor([0.0, 1.0, 3.0]))
+    assert torch.allclose(y[0], x[0], atol=1e-6)  # width 0: unchanged
+    assert y[2, :4].std() < y[1, :4].std() < x[1, :4].std()  # wider is smoother
+    assert torch.equal(y[:, 4:], torch.zeros_like(y[:, 4:]))  # zero stays zero
+    flat = torch.full((1, 2, 40), -3.0)
+    assert torch.allclose(freq_blur(flat, torch.tensor([2.0])), flat, atol=1e-5)  # edges renormalised
+    peak = torch.zeros(1, 1, 40)
+    peak[0, 0, 20] = 1.0
+    spread = freq_blur(peak, torch.tensor([2.0]))[0, 0]
+    assert spread.sum() == pytest.approx(1.0, abs=1e-5) and spread.argmax() == 20 and spread[20] < 0.25
