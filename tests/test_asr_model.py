@@ -307,9 +307,13 @@ def test_synthetic_rir_decays_to_minus_60_db_at_rt60():
         assert measured == pytest.approx(drr, abs=1e-3)
 
 
-def test_vtlp_in_the_recognizer_only_when_training_with_a_seed():
+@pytest.mark.parametrize(("options", "prob"), [
+    (dict(vtlp_prob=1.0, vtlp_range=(0.85, 0.9)), "vtlp_prob"),
+    (dict(blur_prob=1.0, blur_max_bands=2.0), "blur_prob"),
+], ids=["vtlp", "band-blur"])
+def test_feature_augmentation_in_the_recognizer_only_when_training_with_a_seed(options, prob):
     fcfg = FeatureConfig(n_mels=20)
-    rec = Recognizer(ConvBiLSTM(tiny_config()), fcfg, _stats(20), vtlp_prob=1.0, vtlp_range=(0.85, 0.9),
+    rec = Recognizer(ConvBiLSTM(tiny_config()), fcfg, _stats(20), **options,
                      spec_augment_args=dict(num_time_masks=0, num_freq_masks=0))
     wave = speech_like(0.5, seed=0)[None]
     lens = torch.tensor([wave.shape[1]])
@@ -322,24 +326,5 @@ def test_vtlp_in_the_recognizer_only_when_training_with_a_seed():
         a = rec(wave, lens, augment_seed=1)[0]
         assert torch.equal(rec(wave, lens, augment_seed=1)[0], a)
         assert not torch.allclose(a, clean)
-        rec.vtlp_prob = 0.0
-        assert torch.allclose(rec(wave, lens, augment_seed=1)[0], clean)
-
-
-def test_band_blur_in_the_recognizer_only_when_training_with_a_seed():
-    fcfg = FeatureConfig(n_mels=20)
-    rec = Recognizer(ConvBiLSTM(tiny_config()), fcfg, _stats(20), blur_prob=1.0, blur_max_bands=2.0,
-                     spec_augment_args=dict(num_time_masks=0, num_freq_masks=0))
-    wave = speech_like(0.5, seed=0)[None]
-    lens = torch.tensor([wave.shape[1]])
-    rec.eval()
-    with torch.no_grad():
-        clean = rec(wave, lens)[0]
-        assert torch.equal(rec(wave, lens, augment_seed=1)[0], clean)
-        rec.train()
-        rec.model.eval()
-        a = rec(wave, lens, augment_seed=1)[0]
-        assert torch.equal(rec(wave, lens, augment_seed=1)[0], a)
-        assert not torch.allclose(a, clean)
-        rec.blur_prob = 0.0
+        setattr(rec, prob, 0.0)
         assert torch.allclose(rec(wave, lens, augment_seed=1)[0], clean)
