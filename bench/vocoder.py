@@ -2,8 +2,10 @@
 
 Three implementations of the same sampling loop (``tts/wavenet.py``), all producing the same samples:
 
-- ``fast``: the numba-compiled Fast WaveNet loop (cached per-layer queues, fused gate matrices), one
-  utterance, and a batch of 4 utterances (RTF = compute time / total audio);
+- ``fast``: the compiled Fast WaveNet loop (cached per-layer queues, fused gate matrices) that
+  ``glottis vocode`` runs: the C kernel where a C compiler is found (``tts/_wavenet_kernel.c``), else the
+  numba one; one utterance, and a batch of 4 utterances (RTF = compute time / total audio);
+- ``fast, numba``: the numba kernel (``tts/_wavenet_kernel.py``), the fallback, on the same utterance;
 - ``torch-cached``: the pure-torch reference of the same cached loop;
 - ``naive``: reruns the parallel network over the whole receptive field for every sample.
 
@@ -61,18 +63,20 @@ def run(repeats: int) -> list[dict]:
     torch.set_num_threads(1)
     model, features, scale, note = _model()
     sr = features.sample_rate
-    fast = FastGenerator(model)
+    fast, numba = FastGenerator(model), FastGenerator(model, "numba")
     mel_fast, n_fast = _mel(model, FAST_SECONDS, sr)
     mel_batch, _ = _mel(model, FAST_SECONDS, sr, BATCH)
     mel_cached, n_cached = _mel(model, CACHED_SECONDS, sr)
     naive_n = model.cfg.receptive_field + NAIVE_TAIL
     mel_naive, _ = _mel(model, naive_n / sr, sr)
 
-    fast.generate(mel_fast[:, :4], n_samples=2 * model.cfg.hop_length)  # compile (or load the cache)
+    for generator in (fast, numba):
+        generator.generate(mel_fast[:, :4], n_samples=2 * model.cfg.hop_length)  # compile (or load the cache)
     timings = median_times(
         {
             "fast": lambda: fast.generate(mel_fast, n_samples=n_fast),
             f"fast, batch of {BATCH}": lambda: fast.generate(mel_batch, n_samples=n_fast),
+            "fast, numba": lambda: numba.generate(mel_fast, n_samples=n_fast),
         },
         repeats=max(1, repeats // 2),
     )
@@ -93,6 +97,7 @@ def run(repeats: int) -> list[dict]:
     audio = {
         "fast": n_fast / sr,
         f"fast, batch of {BATCH}": BATCH * n_fast / sr,
+        "fast, numba": n_fast / sr,
         "torch-cached": n_cached / sr,
     }
     rtf = {name: timings[name] / audio[name] for name in timings}
@@ -102,6 +107,7 @@ def run(repeats: int) -> list[dict]:
     clip = {
         "fast": timings["fast"],
         f"fast, batch of {BATCH}": timings[f"fast, batch of {BATCH}"],
+        "fast, numba": timings["fast, numba"],
         "torch-cached": cached["torch-cached"],
         "naive": naive_steady * sr,
     }
@@ -118,7 +124,7 @@ def run(repeats: int) -> list[dict]:
             }
         )
     rows[0]["note"] = (
-        f"{note}; {sum(p.numel() for p in model.parameters()) / 1e6:.3f}M parameters, "
+        f"{note}; {fast.kernel} kernel; {sum(p.numel() for p in model.parameters()) / 1e6:.3f}M parameters, "
         f"{len(model.cfg.dilations)} layers, receptive field {model.cfg.receptive_field}"
     )
     rows[-1]["note"] = (

@@ -1,4 +1,4 @@
-"""WaveNet vocoder: mu-law, causality, cached generation == parallel pass (torch and numba), training,
+"""WaveNet vocoder: mu-law, causality, cached generation == parallel pass (torch, numba and C), training,
 resume, the bundle, `glottis vocode` and `glottis synthesize --vocoder wavenet`."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from audio.config import load_config
 from audio.features import deemphasis
 from audio.io import load
 from audio.training import CheckpointManager
+from tts import _wavenet_c as wavenet_c
 from tts.vocode import Vocoder, load_vocoder
 from tts.vocoder_train import VocoderConfig, WindowCorpus, add_input_noise, build_model
 from tts.vocoder_train import main as train_main
@@ -199,28 +200,79 @@ def test_incremental_torch_equals_parallel(teacher_case):
     assert (incremental - parallel).abs().max() < 1e-5
 
 
-def test_incremental_fast_equals_parallel(teacher_case):
+@pytest.fixture(params=["c", "numba"])
+def kernel(request) -> str:
+    """Both compiled loops; the C one needs a C compiler (CI has gcc)."""
+    if request.param == "c" and wavenet_c._compiler() is None:
+        pytest.skip("no C compiler")
+    return request.param
+
+
+def test_incremental_fast_equals_parallel(teacher_case, kernel):
     model, mel, inputs, parallel = teacher_case
-    fast = FastGenerator(model).teacher_forced_logits(mel, inputs)
+    generator = FastGenerator(model, kernel)
+    assert generator.kernel == kernel
+    fast = generator.teacher_forced_logits(mel, inputs)
     assert (fast - parallel).abs().max() < 1e-5
 
 
-def test_all_generators_draw_the_same_samples():
+def test_all_generators_draw_the_same_samples(kernel):
     model = tiny_net(2)
     mel = torch.rand(2, 5, 8)
     naive = model.naive_generate(mel, n_samples=60, seed=5)
     cached, _ = model.incremental_forward(mel, n_samples=60, seed=5)
-    fast = FastGenerator(model).generate(mel, n_samples=60, seed=5)
+    fast = FastGenerator(model, kernel).generate(mel, n_samples=60, seed=5)
     assert torch.equal(naive, cached) and torch.equal(cached, fast)
     assert len(torch.unique(fast)) > 10  # really sampled, not a constant
-    other = FastGenerator(model).generate(mel, n_samples=60, seed=6)
+    other = FastGenerator(model, kernel).generate(mel, n_samples=60, seed=6)
     assert not torch.equal(fast, other)
 
 
-def test_generate_rejects_too_many_samples():
+def test_generate_rejects_too_many_samples(kernel):
     model = tiny_net()
     with pytest.raises(ValueError, match="cannot generate"):
-        FastGenerator(model).generate(torch.rand(1, 3, 8), n_samples=3 * 16 + 1)
+        FastGenerator(model, kernel).generate(torch.rand(1, 3, 8), n_samples=3 * 16 + 1)
+
+
+@pytest.mark.skipif(wavenet_c._compiler() is None, reason="no C compiler")
+def test_c_kernel_is_cached_per_size(tmp_path, monkeypatch):
+    monkeypatch.setenv("GLOTTIS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(wavenet_c, "_loaded", {})
+    first = wavenet_c.load((8, 12, 256))
+    assert first.path.parent == tmp_path and list(tmp_path.iterdir()) == [first.path]  # no temporary left
+    stamp = first.path.stat().st_mtime_ns
+    monkeypatch.setattr(wavenet_c, "_loaded", {})
+    assert wavenet_c.load((8, 12, 256)).path == first.path and first.path.stat().st_mtime_ns == stamp
+    other = wavenet_c.load((4, 12, 256))  # another size is another library
+    assert other.path != first.path and len(list(tmp_path.iterdir())) == 2
+    generator = FastGenerator(tiny_net(), "c")
+    generator._c = other
+    with pytest.raises(ValueError, match="compiled for sizes"):  # the size check inside the library
+        generator.generate(torch.rand(1, 3, 8), n_samples=10)
+
+
+def test_kernel_choice_and_fallback(tmp_path, monkeypatch, caplog):
+    model = tiny_net()
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        FastGenerator(model, "fortran")
+    monkeypatch.setenv("GLOTTIS_WAVENET_KERNEL", "numba")
+    assert FastGenerator(model).kernel == "numba"
+    assert FastGenerator(model, "auto").kernel == "numba"
+    monkeypatch.setenv("GLOTTIS_WAVENET_KERNEL", "cobol")
+    with pytest.raises(ValueError, match="GLOTTIS_WAVENET_KERNEL"):
+        FastGenerator(model)
+    # No compiler: auto falls back on numba with one warning; asking for C is an error naming the cause.
+    monkeypatch.delenv("GLOTTIS_WAVENET_KERNEL")
+    monkeypatch.setenv("GLOTTIS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setattr(wavenet_c, "_loaded", {})
+    monkeypatch.setattr(FastGenerator, "_warned", False)
+    with caplog.at_level("WARNING"):
+        assert FastGenerator(model).kernel == "numba"
+        assert FastGenerator(model).kernel == "numba"
+    assert sum("numba kernel" in r.getMessage() for r in caplog.records) == 1
+    with pytest.raises(RuntimeError, match="no-such-cc"):
+        FastGenerator(model, "c")
 
 
 # --- training -------------------------------------------------------------------------------------

@@ -5,7 +5,11 @@ one fused ``(2R, 2R)`` mat-vec over ``[h(t - d); h(t)]`` plus the interpolated f
 the gated unit, one ``(R + S, R)`` mat-vec for residual and skip, then the two output layers and
 inverse-CDF sampling. The batch loop sits inside the layer loop so that a layer's weights, once in L1,
 serve every utterance. tanh and the logistic use a rational approximation (Eigen's ``ptanh_float``,
-absolute error below 1e-6) that vectorises, unlike libm's.
+absolute error below 1e-6) that vectorises, unlike libm's; ``error_model="numpy"`` lets it (numba's default
+checks every division for zero, a branch that kept the loop scalar: RTF 0.40 -> 0.30 on the bundle).
+
+The C twin (``_wavenet_kernel.c``) runs the same loop about twice as fast and is used where a C compiler
+is found; this one is the fallback.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from numba import njit
 __all__ = ["wavenet_loop", "fast_tanh"]
 
 
-@njit(fastmath=True, cache=True, inline="always")
+@njit(fastmath=True, error_model="numpy", cache=True, inline="always")
 def fast_tanh(x):
     """tanh for float32 with absolute error < 1e-6 (Eigen's 13/6 rational approximation)."""
     x = min(max(x, np.float32(-7.90531110763549805)), np.float32(7.90531110763549805))
@@ -36,7 +40,7 @@ def fast_tanh(x):
     return p / q
 
 
-@njit(fastmath=True, cache=True)
+@njit(fastmath=True, error_model="numpy", cache=True)
 def wavenet_loop(
     embed,  # (K, R) float32
     gate_w,  # (L, 2R, 2R) float32, columns [h(t - d); h(t)]

@@ -30,14 +30,16 @@ same uniforms (inverse-CDF sampling from ``numpy.random.default_rng(seed)``):
 - :meth:`WaveNet.naive_generate`: recomputes the whole receptive field for every sample (for the benchmark);
 - :meth:`WaveNet.incremental_forward`: Fast WaveNet (Paine et al. 2016) in plain torch, one circular queue
   of past activations per layer, O(layers) work per sample; the readable reference;
-- :class:`FastGenerator`: the same loop compiled with numba over fp32 numpy weights, filter and gate fused
-  into one ``(2R, 2R)`` matrix per layer, residual and skip into one ``(R + S, R)``, and a batch of
-  utterances sharing each weight load.
+- :class:`FastGenerator`: the same loop compiled (C through ctypes where a C compiler is found, else numba)
+  over fp32 numpy weights, filter and gate fused into one ``(2R, 2R)`` matrix per layer, residual and skip
+  into one ``(R + S, R)``, and a batch of utterances sharing each weight load.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -47,6 +49,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from audio.features import deemphasis, preemphasis
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "WaveNetConfig",
@@ -359,13 +363,18 @@ def _n_samples(mel: torch.Tensor, n_samples: int | None, teacher: torch.Tensor |
 
 
 class FastGenerator:
-    """:meth:`WaveNet.incremental_forward` compiled with numba: fp32 weights as numpy arrays, filter and
-    gate fused per layer, a batch of utterances stepped together. Same outputs for the same seed.
+    """:meth:`WaveNet.incremental_forward` compiled: fp32 weights as numpy arrays, filter and gate fused per
+    layer, a batch of utterances stepped together. Same outputs for the same seed.
 
-    Build it once per model (weights are copied); the first call compiles (cached on disk afterwards).
+    ``kernel``: ``c`` is ``tts/_wavenet_kernel.c``, built for the machine and the model's sizes on first use
+    (``tts._wavenet_c``; about twice the speed of numba's); ``numba`` is ``tts/_wavenet_kernel.py``; ``auto``
+    takes ``$GLOTTIS_WAVENET_KERNEL`` if set, else C when a C compiler is there, else numba. ``self.kernel``
+    says which one runs. Build it once per model (weights are copied); compiled code is cached on disk.
     """
 
-    def __init__(self, model: WaveNet):
+    KERNELS = ("auto", "c", "numba")
+
+    def __init__(self, model: WaveNet, kernel: str = "auto"):
         cfg = model.cfg
         self.model = model
         self.cfg = cfg
@@ -386,38 +395,53 @@ class FastGenerator:
         self.dilations = np.asarray(cfg.dilations, dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.dilations)]).astype(np.int64)
         self.silence = model.silence
+        self.kernel, self._c = self._choose_kernel(kernel)
+        if self._c is not None:  # the C kernel reads [input][output] matrices
+            self.c_weights = [np.ascontiguousarray(np.swapaxes(w, -1, -2))
+                              for w in (self.gate_w, self.rs_w, self.out1_w, self.out2_w)]
+
+    def _choose_kernel(self, kernel: str):
+        """``auto``: ``$GLOTTIS_WAVENET_KERNEL`` if set, else C when a compiler builds it, else numba."""
+        if kernel not in self.KERNELS:
+            raise ValueError(f"kernel must be one of {self.KERNELS}, not {kernel!r}")
+        if kernel == "auto":
+            kernel = os.environ.get("GLOTTIS_WAVENET_KERNEL", "auto").lower()
+            if kernel not in self.KERNELS:
+                raise ValueError(f"GLOTTIS_WAVENET_KERNEL must be one of {self.KERNELS}, not {kernel!r}")
+        if kernel == "numba":
+            return "numba", None
+        from tts._wavenet_c import load
+
+        try:
+            return "c", load((self.cfg.residual_channels, self.cfg.skip_channels, self.cfg.n_classes))
+        except RuntimeError as e:
+            if kernel == "c":
+                raise
+            if not FastGenerator._warned:
+                log.warning("%s; generating with the numba kernel (about 2x slower)", e)
+                FastGenerator._warned = True
+            return "numba", None
+
+    _warned = False
 
     def _run(self, mel, n, teacher, uniforms, temperature, want_logits):
-        from tts._wavenet_kernel import wavenet_loop
-
         with torch.no_grad():
             device = next(self.model.parameters()).device
             cond = self.model._frame_conditioning(mel.float().to(device)).cpu().numpy()  # (B, T + 1, L, 2R)
+        cond = np.ascontiguousarray(cond)
         batch = cond.shape[0]
         classes = np.empty((n, batch), dtype=np.int64)
         logits = np.empty((n if want_logits else 0, batch, self.cfg.n_classes), dtype=np.float32)
-        wavenet_loop(
-            self.embed,
-            self.gate_w,
-            self.gate_b,
-            self.rs_w,
-            self.rs_b,
-            self.out1_w,
-            self.out1_b,
-            self.out2_w,
-            self.out2_b,
-            self.dilations,
-            self.offsets,
-            cond,
-            self.cfg.hop_length,
-            n,
-            teacher,
-            uniforms,
-            np.float32(1.0 / temperature),
-            self.silence,
-            classes,
-            logits,
-        )
+        if self._c is not None:
+            gate_w, rs_w, out1_w, out2_w = self.c_weights
+            loop = self._c.run
+        else:
+            from tts._wavenet_kernel import wavenet_loop as loop
+
+            gate_w, rs_w, out1_w, out2_w = self.gate_w, self.rs_w, self.out1_w, self.out2_w
+        loop(self.embed, gate_w, self.gate_b, rs_w, self.rs_b, out1_w, self.out1_b, out2_w, self.out2_b,
+             self.dilations, self.offsets, cond, self.cfg.hop_length, n, teacher, uniforms,
+             np.float32(1.0 / temperature), self.silence, classes, logits)
         return classes, logits
 
     def generate(
