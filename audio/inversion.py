@@ -50,6 +50,33 @@ def _istft(spec: torch.Tensor, window: torch.Tensor, cfg: FeatureConfig, length:
     )
 
 
+def _inverse_stft(window: torch.Tensor, cfg: FeatureConfig, frames: int, length: int):
+    """:func:`_istft` for spectrograms of ``frames`` frames, as a function. When the hop divides ``n_fft``
+    (the usual 4x overlap), it overlap-adds ``n_fft / hop`` hop-sized blocks per frame with the window
+    envelope's inverse computed once: 2-3x faster than ``torch.istft``, which recomputes (and checks) the
+    envelope on every call and overlap-adds through ``fold``."""
+    hop = cfg.hop_length
+    if cfg.n_fft % hop:
+        return lambda spec: _istft(spec, window, cfg, length)
+    k, start = cfg.n_fft // hop, cfg.n_fft // 2
+
+    def overlap_add(columns: torch.Tensor) -> torch.Tensor:  # (B, frames, n_fft) -> (B, length)
+        blocks = columns.reshape(columns.shape[0], frames, k, hop)
+        out = columns.new_zeros(columns.shape[0], frames + k - 1, hop)
+        for j in range(k):
+            out[:, j : j + frames] += blocks[:, :, j]
+        return out.reshape(columns.shape[0], -1)[:, start : start + length]
+
+    envelope = overlap_add(window.square().expand(1, frames, -1))
+    inverse_envelope = torch.where(envelope > 1e-11, 1 / envelope, 0.0)
+
+    def istft(spec: torch.Tensor) -> torch.Tensor:
+        columns = torch.fft.irfft(spec.transpose(1, 2), n=cfg.n_fft, dim=-1) * window  # (B, frames, n_fft)
+        return overlap_add(columns) * inverse_envelope
+
+    return istft
+
+
 def _edge_correction(
     frame_lengths: torch.Tensor, frames: int, window: torch.Tensor, cfg: FeatureConfig
 ) -> torch.Tensor:
@@ -76,6 +103,14 @@ def _edge_correction(
     return torch.where(inside & (env_item > 1e-11), env_all / env_item.clamp(min=1e-11), 0.0).expand(
         batch, -1
     )
+
+
+def _unit(spec: torch.Tensor) -> torch.Tensor:
+    """``spec / |spec|`` (0 where ``spec`` is), computed on the real view: ``re, im * rsqrt(re² + im² + eps²)``
+    costs a third of torch's complex division."""
+    parts = torch.view_as_real(spec)
+    scale = (parts[..., 0].square() + parts[..., 1].square()).add_(_EPS * _EPS).rsqrt_()
+    return torch.view_as_complex(parts * scale.unsqueeze(-1))
 
 
 def spectral_convergence(wave: torch.Tensor, magnitude: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
@@ -145,16 +180,20 @@ def griffin_lim(
         angles = torch.ones_like(
             magnitude, dtype=torch.complex64 if spec.dtype == torch.float32 else torch.complex128
         )
+    istft = _inverse_stft(window, cfg, frames, length)
     tprev = None
     for _ in range(n_iter):
-        inverse = _istft(magnitude * angles, window, cfg, length)
+        inverse = istft(magnitude * angles)
         if sample_mask is not None:
             inverse = inverse * sample_mask
         rebuilt = _stft(inverse, window, cfg)
-        angles = rebuilt if tprev is None else rebuilt - (momentum / (1 + momentum)) * tprev
-        angles = angles / (angles.abs() + _EPS)
+        if tprev is None:
+            angles = _unit(rebuilt)
+        else:  # on the real views: torch's complex arithmetic is 2-3x slower on the CPU
+            ahead = torch.add(torch.view_as_real(rebuilt), torch.view_as_real(tprev), alpha=-momentum / (1 + momentum))
+            angles = _unit(torch.view_as_complex(ahead))
         tprev = rebuilt
-    wave = _istft(magnitude * angles, window, cfg, length)
+    wave = istft(magnitude * angles)
     if sample_mask is not None:
         wave = wave * sample_mask
     wave = deemphasis(wave, cfg.preemphasis)

@@ -1,4 +1,5 @@
-"""Synthesis speed: real-time factor of Tacotron + Griffin-Lim on one thread for a ~5 s sentence.
+"""Synthesis speed: real-time factor of Tacotron + Griffin-Lim, and of Tacotron + WaveNet (the bundled
+vocoder, its mel gate included, when it exists), on one thread for a ~5 s sentence.
 
 Ours is the bundled model (``tts/pretrained/tacotron_synth_en``) when it exists; otherwise an untrained
 model of the default size (``configs/tts/tacotron.yaml``) decoding a fixed 5 s of frames, which costs the
@@ -22,8 +23,9 @@ import torch
 from audio.config import load_config
 from bench.run import make_rows, median_times
 from tts.bundle import DEFAULT_MODEL_DIR, is_tacotron_bundle
-from tts.synthesize import Synthesizer
+from tts.synthesize import WAVENET_MODEL_DIR, Synthesizer
 from tts.train import TTSConfig, build_model, model_metadata
+from tts.vocode import is_vocoder_bundle
 
 __all__ = ["run", "SENTENCE"]
 
@@ -66,6 +68,10 @@ def run(repeats: int) -> list[dict]:
         quiet.setLevel(logging.ERROR if model_note.startswith("no bundled") else level)
         audio_s = {"ours": synthesizer.synthesize(SENTENCE).duration}
         impls = {"ours": lambda: synthesizer.synthesize(SENTENCE)}
+        if model_note.startswith("bundled") and is_vocoder_bundle(WAVENET_MODEL_DIR):
+            wavenet = Synthesizer(DEFAULT_MODEL_DIR, vocoder="wavenet")
+            audio_s["ours, wavenet"] = wavenet.synthesize(SENTENCE).duration  # also compiles the kernel
+            impls["ours, wavenet"] = lambda: wavenet.synthesize(SENTENCE)
         missing: tuple[str, ...] = ()
         if shutil.which("espeak-ng"):
             wav = tmp / "espeak.wav"
@@ -86,6 +92,8 @@ def run(repeats: int) -> list[dict]:
         if row["impl"] == "ours":
             gl = synthesizer.loaded.griffin_lim
             row["note"] = f"tacotron + griffin-lim ({gl.n_iter} it); {model_note}"
+        elif row["impl"] == "ours, wavenet":
+            row["note"] = f"tacotron + wavenet ({WAVENET_MODEL_DIR.name}, mel gate on, {wavenet.wavenet.generator.kernel} kernel)"
         elif row["impl"] == "espeak-ng" and row.get("median_s") is not None:
             row["note"] = "formant synthesis, process start-up included"
     return rows

@@ -21,7 +21,6 @@ audio (the rows' ``median_s`` are per clip, so the ratio column uses the RTFs).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
@@ -32,7 +31,7 @@ from bench.run import median_times
 from tts.spectrogram import SpectrogramScale, mel_gate
 from tts.vocode import DEFAULT_VOCODER_DIR, is_vocoder_bundle, load_vocoder
 from tts.vocoder_train import VocoderConfig, build_model
-from tts.wavenet import FastGenerator, WaveNet
+from tts.wavenet import FastGenerator, WaveNet, _interpolate
 
 __all__ = ["run"]
 
@@ -40,7 +39,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tts" / "wavenet.yaml
 FAST_SECONDS = 2.0
 CACHED_SECONDS = 0.1
 BATCH = 4
-NAIVE_TAIL = 100  # naive samples timed past the receptive field
+NAIVE_STEPS = 30  # naive steps timed over a full receptive field
 
 
 def _model() -> tuple[WaveNet, FeatureConfig, SpectrogramScale, str]:
@@ -67,8 +66,7 @@ def run(repeats: int) -> list[dict]:
     mel_fast, n_fast = _mel(model, FAST_SECONDS, sr)
     mel_batch, _ = _mel(model, FAST_SECONDS, sr, BATCH)
     mel_cached, n_cached = _mel(model, CACHED_SECONDS, sr)
-    naive_n = model.cfg.receptive_field + NAIVE_TAIL
-    mel_naive, _ = _mel(model, naive_n / sr, sr)
+    mel_naive, _ = _mel(model, (model.cfg.receptive_field + 1) / sr, sr)
 
     for generator in (fast, numba):
         generator.generate(mel_fast[:, :4], n_samples=2 * model.cfg.hop_length)  # compile (or load the cache)
@@ -85,14 +83,16 @@ def run(repeats: int) -> list[dict]:
         repeats=1,
         warmup=0,
     )
-    start = time.perf_counter()
-    model.naive_generate(mel_naive, n_samples=naive_n)
-    naive_s = time.perf_counter() - start
-    # Only the samples past the receptive field pay for the full window: time those NAIVE_TAIL samples as the
-    # difference with a run of the first receptive-field samples alone.
-    start = time.perf_counter()
-    model.naive_generate(mel_naive, n_samples=model.cfg.receptive_field)
-    naive_steady = (naive_s - (time.perf_counter() - start)) / NAIVE_TAIL
+    # Every sample past the receptive field costs one step over the full window: time that step, NAIVE_STEPS
+    # times, and take the median (timing whole runs and differencing them was noisy: 260-630x on one machine).
+    field = model.cfg.receptive_field
+    with torch.no_grad():
+        cond = _interpolate(model.condition(mel_naive), field, model.cfg.hop_length)
+    window = torch.randint(0, model.cfg.n_classes, (1, field), generator=torch.Generator().manual_seed(2))
+    uniform = torch.rand(1, dtype=torch.float64)
+    naive_steady = median_times(
+        {"naive": torch.no_grad()(lambda: model.naive_step(window, cond, uniform))}, repeats=NAIVE_STEPS, warmup=2
+    )["naive"]
 
     audio = {
         "fast": n_fast / sr,
@@ -128,7 +128,7 @@ def run(repeats: int) -> list[dict]:
         f"{len(model.cfg.dilations)} layers, receptive field {model.cfg.receptive_field}"
     )
     rows[-1]["note"] = (
-        f"steady cost of {NAIVE_TAIL} samples past the receptive field, extrapolated; speed-up of fast: "
+        f"median of {NAIVE_STEPS} steps over a full receptive field, extrapolated; speed-up of fast: "
         + (f"{rtf['naive'] / rtf['fast']:.0f}x")
     )
     rows[-2]["note"] = f"extrapolated from {CACHED_SECONDS} s"

@@ -342,12 +342,19 @@ class WaveNet(nn.Module):
         classes = torch.empty(batch, n, dtype=torch.long)
         for t in range(n):
             start = max(0, t - field + 1)
-            layer_conds = cond[:, start : t + 1].split(2 * self.cfg.residual_channels, dim=-1)
-            logits = self._stack(inputs[:, start : t + 1], layer_conds)[:, -1]  # (B, K)
-            classes[:, t] = _sample(logits / temperature, uniforms[t])
+            classes[:, t] = self.naive_step(inputs[:, start : t + 1], cond[:, start : t + 1], uniforms[t], temperature)
             if t + 1 < n:
                 inputs[:, t + 1] = classes[:, t]
         return classes
+
+    def naive_step(
+        self, inputs: torch.Tensor, cond: torch.Tensor, uniforms: torch.Tensor, temperature: float = 1.0
+    ) -> torch.Tensor:
+        """One sample of :meth:`naive_generate`: the whole stack over the window ``inputs (B, W)`` with its
+        per-sample conditioning ``cond (B, W, L * 2R)``, then a draw from the last position. ``(B,)`` classes."""
+        layer_conds = cond.split(2 * self.cfg.residual_channels, dim=-1)
+        logits = self._stack(inputs, layer_conds)[:, -1]  # (B, K)
+        return _sample(logits / temperature, uniforms)
 
 
 def _n_samples(mel: torch.Tensor, n_samples: int | None, teacher: torch.Tensor | None, hop: int) -> int:

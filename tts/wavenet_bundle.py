@@ -79,7 +79,8 @@ def model_card(
         f"# WaveNet vocoder (Glottis) — {config.get('name', 'model')}",
         "",
         "Mel-conditioned WaveNet (van den Oord et al. 2016) with an 8-bit mu-law softmax output and Fast "
-        "WaveNet cached generation compiled with numba (`tts/wavenet.py`)"
+        "WaveNet cached generation, compiled (a C kernel built on first use where a C compiler is found, "
+        "else numba; `tts/wavenet.py`)"
         + (f"; it models the wave pre-emphasised by {m['preemphasis']} and de-emphasises what it generates "
            "(LPCNet's noise shaping)." if m.get("preemphasis") else "."),
         "",
