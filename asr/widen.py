@@ -27,8 +27,7 @@ from pathlib import Path
 
 import torch
 
-from audio.atomic import atomic_path
-from audio.training import init_label, read_weights
+from audio.training import grow_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -102,17 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        _, stored = read_weights(args.model, label="--model")
-        state = {k: v.float() if v.is_floating_point() else v for k, v in stored.items()}
-        wide = widen_lstm_state(state, args.lstm_hidden, seed=args.seed)
+        n_old, n_new = grow_checkpoint(args.model, args.out, lambda state: widen_lstm_state(
+            state, args.lstm_hidden, seed=args.seed), lstm_hidden=args.lstm_hidden)
     except (FileNotFoundError, ValueError) as e:
         print(f"python -m asr.widen: error: {e}", file=sys.stderr)
         return 2
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(args.out) as tmp:
-        torch.save({"model": wide, "widened_from": init_label(args.model), "lstm_hidden": args.lstm_hidden}, tmp)
-    n_old = sum(v.numel() for k, v in state.items() if v.is_floating_point())
-    n_new = sum(v.numel() for k, v in wide.items() if v.is_floating_point())
     log.info("wrote %s: LSTM widened to %d units per direction, %.2fM -> %.2fM numbers", args.out,
              args.lstm_hidden, n_old / 1e6, n_new / 1e6)
     return 0

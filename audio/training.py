@@ -205,6 +205,23 @@ def init_label(path: str | os.PathLike | None) -> str | None:
     return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(path)
 
 
+def grow_checkpoint(model: str | os.PathLike, out: Path, grow, **meta: Any) -> tuple[int, int]:
+    """Read ``model``'s weights (a bundle folder or a checkpoint) as fp32, ``grow(state) -> state``, and write
+    ``{"model": grown, "widened_from": ..., **meta}`` to ``out`` atomically (what ``--init`` reads).
+    Returns the numbers of floating-point values before and after. Raises what ``grow`` or the reading
+    raises (``FileNotFoundError``, ``ValueError``)."""
+    _, stored = read_weights(model, label="--model")
+    state = {k: v.float() if v.is_floating_point() else v for k, v in stored.items()}
+    grown = grow(state)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_save({"model": grown, "widened_from": init_label(model), **meta}, out)
+
+    def count(weights: dict[str, torch.Tensor]) -> int:
+        return sum(v.numel() for v in weights.values() if v.is_floating_point())
+
+    return count(state), count(grown)
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,8 @@ from tts.wavenet import (
     mu_law_encode,
 )
 from tts.wavenet_bundle import _init_text, export_vocoder
+from tts.wavenet_widen import main as widen_main
+from tts.wavenet_widen import widen_wavenet_state
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tts" / "wavenet_tiny.yaml"
@@ -529,3 +532,25 @@ def test_mel_gate_cuts_the_noise_above_the_mel_and_adds_nothing(bundle):
     # The vocoder applies it to what it generates, unless told not to.
     raw = Vocoder(bundle, postfilter=False).vocode(mel)
     torch.testing.assert_close(vocoder.vocode(mel), mel_gate(raw, mel, cfg, scale).clamp(-1, 1))
+
+
+def test_widening_keeps_the_function_and_trains_the_new_units(tmp_path):
+    model = tiny_net(3)
+    ckpt = tmp_path / "small.pt"
+    torch.save({"model": model.state_dict()}, ckpt)
+    out = tmp_path / "wide.pt"
+    assert widen_main(["--model", str(ckpt), "--residual", "12", "--skip", "16", "--out", str(out)]) == 0
+    wide = WaveNet(replace(model.cfg, residual_channels=12, skip_channels=16)).eval()
+    wide.load_state_dict(torch.load(out)["model"])
+    mel, inputs = torch.rand(2, 6, 8), torch.randint(0, 256, (2, 80))
+    with torch.no_grad():
+        assert (wide(inputs, mel) - model(inputs, mel)).abs().max() < 1e-5
+    assert torch.equal(FastGenerator(wide).generate(mel, n_samples=60, seed=1),
+                       FastGenerator(model).generate(mel, n_samples=60, seed=1))
+    # The zero weights out of the new units get gradients, so training can use them.
+    wide.train()
+    torch.nn.functional.cross_entropy(wide(inputs, mel).transpose(1, 2), inputs.roll(-1, 1)).backward()
+    assert wide.out2.weight.grad[:, 12:].abs().sum() > 0  # out2 columns of the new first-output units
+    assert wide.res_skip[0].weight.grad[:8, 8:].abs().sum() > 0  # new gated units into old residual rows
+    with pytest.raises(ValueError, match="can only widen"):
+        widen_wavenet_state(model.state_dict(), 4, 16)
