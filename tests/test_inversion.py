@@ -7,8 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from audio.features import FeatureConfig, log_mel, mel_filterbank, preemphasis, spectrogram
-from audio.inversion import griffin_lim, mel_to_linear, mel_to_waveform, spectral_convergence
+from audio.features import FeatureConfig, log_mel, make_window, mel_filterbank, preemphasis, spectrogram
+from audio.inversion import (
+    _inverse_stft,
+    _istft,
+    _stft,
+    griffin_lim,
+    mel_to_linear,
+    mel_to_waveform,
+    spectral_convergence,
+)
 
 CFG = FeatureConfig()  # 16 kHz, n_fft 400, hop 160, power 2
 
@@ -62,17 +70,32 @@ def test_griffin_lim_power_argument_and_reproducibility():
     torch.testing.assert_close(a, d, rtol=1e-4, atol=1e-5)
 
 
-def test_griffin_lim_batch_equals_per_item():
-    items = [speech_like(CFG.sample_rate, 0.5, seed=0), speech_like(CFG.sample_rate, 0.23, seed=1)]
+# The TTS framing (hop divides n_fft: Griffin-Lim's own overlap-add) and CFG's (it does not: torch.istft).
+TTS_CFG = FeatureConfig(sample_rate=22050, n_fft=1024, hop_length=256, power=1.0, n_mels=80)
+
+
+@pytest.mark.parametrize("cfg", [CFG, TTS_CFG], ids=["hop-160-of-400", "hop-256-of-1024"])
+def test_inverse_stft_equals_torch_istft(cfg):
+    window = make_window(cfg)
+    spec = _stft(torch.randn(2, cfg.sample_rate // 2, generator=seeded(4)), window, cfg)
+    spec = spec * torch.rand(spec.shape, generator=seeded(5))  # not a consistent STFT any more
+    length = (spec.shape[-1] - 1) * cfg.hop_length
+    ours = _inverse_stft(window, cfg, spec.shape[-1], length)(spec)
+    torch.testing.assert_close(ours, _istft(spec, window, cfg, length), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("cfg", [CFG, TTS_CFG], ids=["hop-160-of-400", "hop-256-of-1024"])
+def test_griffin_lim_batch_equals_per_item(cfg):
+    items = [speech_like(cfg.sample_rate, 0.5, seed=0), speech_like(cfg.sample_rate, 0.23, seed=1)]
     batch = torch.zeros(2, items[0].numel())
     batch[1, : items[1].numel()] = items[1]
     batch[0] = items[0]
-    spec, frame_lengths = spectrogram(batch, torch.tensor([x.numel() for x in items]), CFG)
-    out, out_lengths = griffin_lim(spec, CFG, lengths=frame_lengths, n_iter=6, init="zeros")
-    assert out_lengths.tolist() == [(int(n) - 1) * CFG.hop_length for n in frame_lengths]
+    spec, frame_lengths = spectrogram(batch, torch.tensor([x.numel() for x in items]), cfg)
+    out, out_lengths = griffin_lim(spec, cfg, lengths=frame_lengths, n_iter=6, init="zeros")
+    assert out_lengths.tolist() == [(int(n) - 1) * cfg.hop_length for n in frame_lengths]
     for i, item in enumerate(items):
-        alone_spec, _ = spectrogram(item[None], None, CFG)
-        alone, _ = griffin_lim(alone_spec, CFG, n_iter=6, init="zeros")
+        alone_spec, _ = spectrogram(item[None], None, cfg)
+        alone, _ = griffin_lim(alone_spec, cfg, n_iter=6, init="zeros")
         n = int(out_lengths[i])
         torch.testing.assert_close(out[i, :n], alone[0], rtol=1e-4, atol=1e-5)
         assert torch.all(out[i, n:] == 0)
