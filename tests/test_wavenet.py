@@ -554,3 +554,29 @@ def test_widening_keeps_the_function_and_trains_the_new_units(tmp_path):
     assert wide.res_skip[0].weight.grad[:8, 8:].abs().sum() > 0  # new gated units into old residual rows
     with pytest.raises(ValueError, match="can only widen"):
         widen_wavenet_state(model.state_dict(), 4, 16)
+
+
+@pytest.mark.skipif(wavenet_c._compiler() is None, reason="no C compiler")
+def test_c_kernel_builds_without_march_native_when_refused(tmp_path, monkeypatch):
+    real = wavenet_c._compiler()
+    fussy = tmp_path / "fussy-cc"
+    fussy.write_text(f'#!/bin/sh\ncase "$*" in *-march=native*) echo "no -march=native here" >&2; exit 1;; esac\n'
+                     f'exec {real} "$@"\n')
+    fussy.chmod(0o755)
+    monkeypatch.setenv("GLOTTIS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", str(fussy))
+    monkeypatch.setattr(wavenet_c, "_loaded", {})
+    model = tiny_net(2)
+    mel = torch.rand(1, 5, 8)
+    generator = FastGenerator(model, "c")
+    assert generator.kernel == "c"
+    assert torch.equal(generator.generate(mel, n_samples=40, seed=1), FastGenerator(model, "numba").generate(
+        mel, n_samples=40, seed=1))
+    broken = tmp_path / "broken-cc"
+    broken.write_text('#!/bin/sh\necho "internal compiler error" >&2\nexit 1\n')
+    broken.chmod(0o755)
+    monkeypatch.setenv("CC", str(broken))
+    monkeypatch.setattr(wavenet_c, "_loaded", {})
+    with pytest.raises(RuntimeError, match="internal compiler error"):
+        FastGenerator(model, "c")
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.suffix == ".tmp"]  # nothing half-written left

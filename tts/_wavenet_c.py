@@ -99,32 +99,37 @@ class CKernel:
 
 
 def _build(sizes: tuple[int, int, int]) -> Path:
+    """The cached library for ``sizes``, compiled if missing; without ``-march=native`` if the compiler
+    refuses it (some compilers for some CPUs do)."""
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler (set $CC, or install gcc)")
     r, s, k = sizes
-    flags = [*FLAGS, f"-DGLOTTIS_R={r}", f"-DGLOTTIS_S={s}", f"-DGLOTTIS_K={k}"]
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
-    key = hashlib.sha256(
-        b"\0".join(x.encode() for x in (SOURCE.read_text(), " ".join(flags), cc, version, _cpu_fingerprint()))
-    ).hexdigest()[:20]
-    out = cache_dir() / f"wavenet_kernel_{r}_{s}_{k}_{key}.so"
-    if out.exists():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        done = subprocess.run([cc, *flags, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True,
-                              timeout=300)
-        if done.returncode != 0:
-            raise RuntimeError(f"{cc} failed on {SOURCE}:\n{done.stderr.strip()}")
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    log.info("compiled the C WaveNet kernel for R=%d S=%d K=%d: %s", r, s, k, out)
-    return out
+    errors = []
+    for flags in (FLAGS, tuple(f for f in FLAGS if f != "-march=native")):
+        flags = [*flags, f"-DGLOTTIS_R={r}", f"-DGLOTTIS_S={s}", f"-DGLOTTIS_K={k}"]
+        key = hashlib.sha256(
+            b"\0".join(x.encode() for x in (SOURCE.read_text(), " ".join(flags), cc, version, _cpu_fingerprint()))
+        ).hexdigest()[:20]
+        out = cache_dir() / f"wavenet_kernel_{r}_{s}_{k}_{key}.so"
+        if out.exists():
+            return out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name + ".", suffix=".tmp")
+        os.close(fd)
+        try:
+            done = subprocess.run([cc, *flags, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True,
+                                  timeout=300)
+            if done.returncode == 0:
+                os.replace(tmp, out)
+                log.info("compiled the C WaveNet kernel for R=%d S=%d K=%d: %s", r, s, k, out)
+                return out
+            errors.append(f"{cc} {' '.join(flags)}: {done.stderr.strip()}")
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    raise RuntimeError(f"{cc} failed on {SOURCE}:\n" + "\n".join(errors))
 
 
 _loaded: dict[tuple[int, int, int], CKernel | Exception] = {}
