@@ -380,6 +380,7 @@ class FastGenerator:
     """
 
     KERNELS = ("auto", "c", "numba")
+    _warned = False  # the fallback's warning, once per process
 
     def __init__(self, model: WaveNet, kernel: str = "auto"):
         cfg = model.cfg
@@ -428,8 +429,6 @@ class FastGenerator:
                 log.warning("%s; generating with the numba kernel (about 2x slower)", e)
                 FastGenerator._warned = True
             return "numba", None
-
-    _warned = False
 
     def _run(self, mel, n, teacher, uniforms, temperature, want_logits):
         with torch.no_grad():
