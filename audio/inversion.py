@@ -50,29 +50,38 @@ def _istft(spec: torch.Tensor, window: torch.Tensor, cfg: FeatureConfig, length:
     )
 
 
+def _overlap_add(columns: torch.Tensor, hop: int) -> torch.Tensor:
+    """Frames ``(B, T, n)`` laid ``hop`` apart and summed -> ``(B, n + hop * (T - 1))``. When ``hop`` divides
+    ``n`` (the usual 4x overlap) as ``n / hop`` shifted adds of hop-sized blocks, several times faster on
+    the CPU than ``fold``, which serves the other framings."""
+    batch, frames, n = columns.shape
+    if n % hop:
+        out = F.fold(columns.transpose(1, 2), output_size=(1, n + hop * (frames - 1)), kernel_size=(1, n),
+                     stride=(1, hop))
+        return out.reshape(batch, -1)
+    k = n // hop
+    blocks = columns.reshape(batch, frames, k, hop)
+    out = columns.new_zeros(batch, frames + k - 1, hop)
+    for j in range(k):
+        out[:, j : j + frames] += blocks[:, :, j]
+    return out.reshape(batch, -1)
+
+
 def _inverse_stft(window: torch.Tensor, cfg: FeatureConfig, frames: int, length: int):
-    """:func:`_istft` for spectrograms of ``frames`` frames, as a function. When the hop divides ``n_fft``
-    (the usual 4x overlap), it overlap-adds ``n_fft / hop`` hop-sized blocks per frame with the window
-    envelope's inverse computed once: 2-3x faster than ``torch.istft``, which recomputes (and checks) the
-    envelope on every call and overlap-adds through ``fold``."""
+    """:func:`_istft` for spectrograms of ``frames`` frames, as a function. When the hop divides ``n_fft``,
+    it overlap-adds hop-sized blocks (:func:`_overlap_add`) and divides by the window envelope inverted
+    once: 2-3x faster than ``torch.istft``, which recomputes (and checks) the envelope on every call and
+    overlap-adds through ``fold``. Other framings keep ``torch.istft``."""
     hop = cfg.hop_length
     if cfg.n_fft % hop:
         return lambda spec: _istft(spec, window, cfg, length)
-    k, start = cfg.n_fft // hop, cfg.n_fft // 2
-
-    def overlap_add(columns: torch.Tensor) -> torch.Tensor:  # (B, frames, n_fft) -> (B, length)
-        blocks = columns.reshape(columns.shape[0], frames, k, hop)
-        out = columns.new_zeros(columns.shape[0], frames + k - 1, hop)
-        for j in range(k):
-            out[:, j : j + frames] += blocks[:, :, j]
-        return out.reshape(columns.shape[0], -1)[:, start : start + length]
-
-    envelope = overlap_add(window.square().expand(1, frames, -1))
+    start = cfg.n_fft // 2
+    envelope = _overlap_add(window.square().expand(1, frames, -1), hop)[:, start : start + length]
     inverse_envelope = torch.where(envelope > 1e-11, 1 / envelope, 0.0)
 
     def istft(spec: torch.Tensor) -> torch.Tensor:
         columns = torch.fft.irfft(spec.transpose(1, 2), n=cfg.n_fft, dim=-1) * window  # (B, frames, n_fft)
-        return overlap_add(columns) * inverse_envelope
+        return _overlap_add(columns, hop)[:, start : start + length] * inverse_envelope
 
     return istft
 
@@ -88,17 +97,11 @@ def _edge_correction(
     length, so multiplying by it also zeroes the padding.
     """
     batch = frame_lengths.shape[0]
-    total = cfg.n_fft + cfg.hop_length * (frames - 1)
-    squared = window.square()[None, :, None]  # (1, n_fft, 1)
+    squared = window.square()[None, None, :]  # (1, 1, n_fft)
     valid = (torch.arange(frames)[None, :] < frame_lengths[:, None]).to(window.dtype)  # (B, T)
-
-    def overlap_add(columns: torch.Tensor) -> torch.Tensor:  # (N, n_fft, T) -> (N, total)
-        out = F.fold(columns, output_size=(1, total), kernel_size=(1, cfg.n_fft), stride=(1, cfg.hop_length))
-        return out.reshape(columns.shape[0], total)
-
     start, length = cfg.n_fft // 2, (frames - 1) * cfg.hop_length
-    env_all = overlap_add(squared.expand(1, -1, frames))[:, start : start + length]  # (1, samples)
-    env_item = overlap_add(squared * valid[:, None, :])[:, start : start + length]  # (B, samples)
+    env_all = _overlap_add(squared.expand(1, frames, -1), cfg.hop_length)[:, start : start + length]  # (1, samples)
+    env_item = _overlap_add(squared * valid[:, :, None], cfg.hop_length)[:, start : start + length]  # (B, samples)
     inside = torch.arange(length)[None, :] < _sample_lengths(frame_lengths, cfg)[:, None]
     return torch.where(inside & (env_item > 1e-11), env_all / env_item.clamp(min=1e-11), 0.0).expand(
         batch, -1

@@ -31,7 +31,7 @@ from bench.run import median_times
 from tts.spectrogram import SpectrogramScale, mel_gate
 from tts.vocode import DEFAULT_VOCODER_DIR, is_vocoder_bundle, load_vocoder
 from tts.vocoder_train import VocoderConfig, build_model
-from tts.wavenet import FastGenerator, WaveNet, _interpolate
+from tts.wavenet import FastGenerator, WaveNet
 
 __all__ = ["run"]
 
@@ -87,7 +87,7 @@ def run(repeats: int) -> list[dict]:
     # times, and take the median (timing whole runs and differencing them was noisy: 260-630x on one machine).
     field = model.cfg.receptive_field
     with torch.no_grad():
-        cond = _interpolate(model.condition(mel_naive), field, model.cfg.hop_length)
+        cond = model.sample_conditioning(mel_naive, field)
     window = torch.randint(0, model.cfg.n_classes, (1, field), generator=torch.Generator().manual_seed(2))
     uniform = torch.rand(1, dtype=torch.float64)
     naive_steady = median_times(

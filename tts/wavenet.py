@@ -336,7 +336,7 @@ class WaveNet(nn.Module):
         batch = mel.shape[0]
         n = _n_samples(mel, n_samples, None, self.cfg.hop_length)
         field = self.cfg.receptive_field
-        cond = _interpolate(self.condition(mel), n, self.cfg.hop_length)  # (B, N, L * 2R)
+        cond = self.sample_conditioning(mel, n)  # (B, N, L * 2R)
         uniforms = torch.from_numpy(sampling_uniforms(n, batch, seed))
         inputs = torch.full((batch, n), self.silence, dtype=torch.long)
         classes = torch.empty(batch, n, dtype=torch.long)
@@ -346,6 +346,11 @@ class WaveNet(nn.Module):
             if t + 1 < n:
                 inputs[:, t + 1] = classes[:, t]
         return classes
+
+    def sample_conditioning(self, mel: torch.Tensor, n_samples: int) -> torch.Tensor:
+        """Every layer's gate bias at each of the first ``n_samples`` samples of a whole utterance's ``mel``:
+        ``(B, n_samples, L * 2R)``, what :meth:`naive_step` reads."""
+        return _interpolate(self.condition(mel), n_samples, self.cfg.hop_length)
 
     def naive_step(
         self, inputs: torch.Tensor, cond: torch.Tensor, uniforms: torch.Tensor, temperature: float = 1.0
