@@ -24,6 +24,7 @@ applied to the waveform before framing when ``FeatureConfig.preemphasis > 0``.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -180,16 +181,25 @@ def mel_filterbank(cfg: FeatureConfig) -> torch.Tensor:
     """Triangular mel filters as ``(n_freqs, n_mels)`` float32, equal to ``librosa.filters.mel(...).T``.
 
     Built in float64 like librosa. With ``mel_norm="slaney"`` each filter is divided by its width in Hz
-    (times 2), so filters have equal area; with ``None`` each triangle peaks at 1.
+    (times 2), so filters have equal area; with ``None`` each triangle peaks at 1. Built once per setting
+    and process (it costs as much as the mel of a second of audio); each call returns a copy.
     """
-    fft_freqs = torch.linspace(0.0, cfg.sample_rate / 2, cfg.n_freqs, dtype=torch.float64)
-    edges = mel_frequencies(cfg.n_mels + 2, fmin=cfg.fmin, fmax=cfg.mel_fmax, scale=cfg.mel_scale)
+    return _mel_filterbank(cfg.sample_rate, cfg.n_freqs, cfg.n_mels, cfg.fmin, cfg.mel_fmax, cfg.mel_scale,
+                           cfg.mel_norm).clone()
+
+
+@functools.lru_cache(maxsize=32)
+def _mel_filterbank(
+    sample_rate: int, n_freqs: int, n_mels: int, fmin: float, fmax: float, scale: str, norm: str | None
+) -> torch.Tensor:
+    fft_freqs = torch.linspace(0.0, sample_rate / 2, n_freqs, dtype=torch.float64)
+    edges = mel_frequencies(n_mels + 2, fmin=fmin, fmax=fmax, scale=scale)
     widths = edges.diff()  # (n_mels + 1,)
     ramps = edges[:, None] - fft_freqs[None, :]  # (n_mels + 2, n_freqs)
     lower = -ramps[:-2] / widths[:-1, None]
     upper = ramps[2:] / widths[1:, None]
     weights = torch.minimum(lower, upper).clamp(min=0.0)  # (n_mels, n_freqs)
-    if cfg.mel_norm == "slaney":
+    if norm == "slaney":
         weights = weights * (2.0 / (edges[2:] - edges[:-2]))[:, None]
     return weights.T.to(torch.float32).contiguous()  # (n_mels, n_freqs) -> (n_freqs, n_mels)
 

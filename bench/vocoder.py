@@ -5,6 +5,8 @@ Three implementations of the same sampling loop (``tts/wavenet.py``), all produc
 - ``fast``: the compiled Fast WaveNet loop (cached per-layer queues, fused gate matrices) that
   ``glottis vocode`` runs: the C kernel where a C compiler is found (``tts/_wavenet_kernel.c``), else the
   numba one; one utterance, and a batch of 4 utterances (RTF = compute time / total audio);
+- ``fast, guided``: the same kernel drawing GUIDE candidates every 2 frames and keeping the one closest to
+  the mel (``glottis vocode --candidates 4``; ``tts.vocode.mel_guide``), on the same utterance;
 - ``fast, numba``: the numba kernel (``tts/_wavenet_kernel.py``), the fallback, on the same utterance;
 - ``torch-cached``: the pure-torch reference of the same cached loop;
 - ``naive``: reruns the parallel network over the whole receptive field for every sample.
@@ -29,7 +31,7 @@ from audio.config import load_config
 from audio.features import FeatureConfig
 from bench.run import median_times
 from tts.spectrogram import SpectrogramScale, mel_gate
-from tts.vocode import DEFAULT_VOCODER_DIR, is_vocoder_bundle, load_vocoder
+from tts.vocode import DEFAULT_VOCODER_DIR, is_vocoder_bundle, load_vocoder, mel_guide
 from tts.vocoder_train import VocoderConfig, build_model
 from tts.wavenet import FastGenerator, WaveNet
 
@@ -39,6 +41,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tts" / "wavenet.yaml
 FAST_SECONDS = 2.0
 CACHED_SECONDS = 0.1
 BATCH = 4
+GUIDE = 4  # candidates of guided sampling
 NAIVE_STEPS = 30  # naive steps timed over a full receptive field
 
 
@@ -70,10 +73,14 @@ def run(repeats: int) -> list[dict]:
 
     for generator in (fast, numba):
         generator.generate(mel_fast[:, :4], n_samples=2 * model.cfg.hop_length)  # compile (or load the cache)
+    guide, lookback = mel_guide(mel_fast, features, scale, model.cfg)
     timings = median_times(
         {
             "fast": lambda: fast.generate(mel_fast, n_samples=n_fast),
             f"fast, batch of {BATCH}": lambda: fast.generate(mel_batch, n_samples=n_fast),
+            f"fast, guided, {GUIDE} candidates": lambda: fast.generate_guided(
+                mel_fast, guide, candidates=GUIDE, lookback=lookback, n_samples=n_fast
+            ),
             "fast, numba": lambda: numba.generate(mel_fast, n_samples=n_fast),
         },
         repeats=max(1, repeats // 2),
@@ -97,6 +104,7 @@ def run(repeats: int) -> list[dict]:
     audio = {
         "fast": n_fast / sr,
         f"fast, batch of {BATCH}": BATCH * n_fast / sr,
+        f"fast, guided, {GUIDE} candidates": n_fast / sr,
         "fast, numba": n_fast / sr,
         "torch-cached": n_cached / sr,
     }
@@ -107,6 +115,7 @@ def run(repeats: int) -> list[dict]:
     clip = {
         "fast": timings["fast"],
         f"fast, batch of {BATCH}": timings[f"fast, batch of {BATCH}"],
+        f"fast, guided, {GUIDE} candidates": timings[f"fast, guided, {GUIDE} candidates"],
         "fast, numba": timings["fast, numba"],
         "torch-cached": cached["torch-cached"],
         "naive": naive_steady * sr,

@@ -68,17 +68,17 @@ class CKernel:
         self._fn.restype = ctypes.c_int
 
     def run(self, embed, gate_wt, gate_b, rs_wt, rs_b, out1_wt, out1_b, out2_wt, out2_b, dilations, offsets,
-            cond, hop, n, teacher, uniforms, inv_temperature, silence, classes, logits_out) -> None:
-        f32 = [embed, gate_wt, gate_b, rs_wt, rs_b, out1_wt, out1_b, out2_wt, out2_b, cond, logits_out]
+            cond, hop, t0, n, teacher, uniforms, inv_temperature, queue, prev, classes, logits_out) -> None:
+        f32 = [embed, gate_wt, gate_b, rs_wt, rs_b, out1_wt, out1_b, out2_wt, out2_b, cond, queue, logits_out]
         for a in f32:
             assert a.dtype == np.float32 and a.flags.c_contiguous, "float32 C-contiguous arrays expected"
-        for a in (dilations, offsets, teacher, classes):
+        for a in (dilations, offsets, teacher, prev, classes):
             assert a.dtype == np.int64 and a.flags.c_contiguous, "int64 C-contiguous arrays expected"
         assert uniforms.dtype == np.float64 and uniforms.flags.c_contiguous
         n_layers, r = rs_wt.shape[0], rs_wt.shape[1]
         s, k = out1_wt.shape[0], out2_wt.shape[1]
         batch = cond.shape[0]
-        queue = np.zeros((int(offsets[-1]), batch, r), dtype=np.float32)
+        assert queue.shape == (int(offsets[-1]), batch, r) and prev.shape == (batch,)
 
         def ptr(a):
             return a.ctypes.data_as(ctypes.c_void_p)
@@ -91,8 +91,8 @@ class CKernel:
             i64(n_layers), i64(r), i64(s), i64(k), i64(batch),
             ptr(embed), ptr(gate_wt), ptr(gate_b), ptr(rs_wt), ptr(rs_b),
             ptr(out1_wt), ptr(out1_b), ptr(out2_wt), ptr(out2_b), ptr(dilations), ptr(offsets),
-            ptr(cond), i64(cond.shape[1]), i64(hop), i64(n), opt(teacher), ptr(uniforms),
-            ctypes.c_float(inv_temperature), i64(silence), ptr(queue), ptr(classes), opt(logits_out),
+            ptr(cond), i64(cond.shape[1]), i64(hop), i64(t0), i64(n), opt(teacher), i64(teacher.shape[0]),
+            ptr(uniforms), ctypes.c_float(inv_temperature), ptr(queue), ptr(prev), ptr(classes), opt(logits_out),
         )
         if status != 0:
             raise ValueError(f"{self.path} was compiled for sizes {self.sizes}, not {(r, s, k)}")

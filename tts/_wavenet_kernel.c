@@ -88,11 +88,14 @@ int glottis_wavenet_loop(
     const int64_t *restrict dilations,  /* (L,) */
     const int64_t *restrict offsets,    /* (L + 1,): layer l's queue is rows offsets[l]:offsets[l + 1] */
     const float *restrict cond,     /* (B, cond_frames, L, 2R) frame-rate gate biases */
-    int64_t cond_frames, int64_t hop, int64_t n,
-    const int64_t *restrict teacher,  /* (n, B) inputs, or NULL to feed back the samples */
+    int64_t cond_frames, int64_t hop,
+    int64_t t0, int64_t n,          /* steps t0 .. t0 + n - 1 of the utterance */
+    const int64_t *restrict teacher,  /* (n_teacher, B) inputs for the first steps, then the samples */
+    int64_t n_teacher,
     const double *restrict uniforms,  /* (n, B) */
-    float inv_temperature, int64_t silence,
-    float *restrict queue,          /* (offsets[L], B, R) zeros: the past activations */
+    float inv_temperature,
+    float *restrict queue,          /* in/out (offsets[L], B, R): the past activations (zeros at t0 = 0) */
+    int64_t *restrict prev,         /* in/out (B,): the last sample (the silence class at t0 = 0) */
     int64_t *restrict classes,      /* out: (n, B) */
     float *restrict logits_out)     /* out: (n, B, K), or NULL not to keep them */
 {
@@ -102,15 +105,14 @@ int glottis_wavenet_loop(
     float h[batch][R], skips[batch][S];
     float a[2 * R], z[R], rs[R + S], y[S], logits[K];
     double probs[K];
-    int64_t prev[batch];
-    for (int64_t b = 0; b < batch; b++) prev[b] = silence;
     const float sqrt_half = 0.7071067811865476f;
 
-    for (int64_t t = 0; t < n; t++) {
+    for (int64_t i = 0; i < n; i++) {
+        const int64_t t = t0 + i;
         const int64_t frame = t / hop;
         const float frac = (float)(t - frame * hop) / (float)hop, rest = 1.0f - frac;
         for (int64_t b = 0; b < batch; b++) {
-            const int64_t x = teacher ? teacher[t * batch + b] : prev[b];
+            const int64_t x = i < n_teacher ? teacher[i * batch + b] : prev[b];
             memcpy(h[b], embed + x * r, (size_t)r * sizeof(float));
             memset(skips[b], 0, (size_t)s * sizeof(float));
         }
@@ -142,7 +144,7 @@ int glottis_wavenet_loop(
             for (int64_t o = 0; o < s; o++) y[o] = y[o] > 0.0f ? y[o] : 0.0f;
             memcpy(logits, out2_b, (size_t)k * sizeof(float));
             matvec_add(logits, out2_wt, y, s, k);
-            if (logits_out) memcpy(logits_out + (t * batch + b) * k, logits, (size_t)k * sizeof(float));
+            if (logits_out) memcpy(logits_out + (i * batch + b) * k, logits, (size_t)k * sizeof(float));
             float top = -FLT_MAX;
             for (int64_t o = 0; o < k; o++) top = logits[o] > top ? logits[o] : top;
             for (int64_t o = 0; o < k; o++) probs[o] = exp((double)((logits[o] - top) * inv_temperature));
@@ -151,11 +153,11 @@ int glottis_wavenet_loop(
                 total += probs[o];
                 probs[o] = total;
             }
-            const double threshold = uniforms[t * batch + b] * total;
+            const double threshold = uniforms[i * batch + b] * total;
             int64_t chosen = 0;
             for (int64_t o = 0; o < k; o++) chosen += probs[o] < threshold;
             chosen = chosen < k - 1 ? chosen : k - 1;
-            classes[t * batch + b] = chosen;
+            classes[i * batch + b] = chosen;
             prev[b] = chosen;
         }
     }

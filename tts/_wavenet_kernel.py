@@ -55,11 +55,13 @@ def wavenet_loop(
     offsets,  # (L + 1,) int64: layer l's queue is rows offsets[l]:offsets[l + 1]
     cond,  # (B, frames + 1, L, 2R) float32 frame-rate gate biases
     hop,  # samples per frame
-    n,  # samples to produce
-    teacher,  # (n, B) int64 inputs, or (0, B) to feed back the samples
+    t0,  # the utterance's step at which to start
+    n,  # steps to take: t0 .. t0 + n - 1
+    teacher,  # (n_teacher, B) int64 inputs for the first n_teacher <= n steps, then the samples fed back
     uniforms,  # (n, B) float64
     inv_temperature,  # float32
-    silence,  # the input class before the first sample
+    queue,  # in/out (offsets[L], B, R) float32: the past activations (zeros at t0 = 0)
+    prev,  # in/out (B,) int64: the last sample (the silence class at t0 = 0)
     classes,  # out: (n, B) int64
     logits_out,  # out: (n, B, K) float32, or (0, B, K) not to keep them
 ):
@@ -68,9 +70,8 @@ def wavenet_loop(
     s = out1_w.shape[0]
     k = out2_w.shape[0]
     batch = cond.shape[0]
-    use_teacher = teacher.shape[0] > 0
+    n_teacher = teacher.shape[0]
     keep_logits = logits_out.shape[0] > 0
-    queue = np.zeros((offsets[n_layers], batch, r), dtype=np.float32)
     h = np.empty((batch, r), dtype=np.float32)
     skips = np.empty((batch, s), dtype=np.float32)
     x2 = np.empty(r2, dtype=np.float32)
@@ -80,15 +81,15 @@ def wavenet_loop(
     y = np.empty(s, dtype=np.float32)
     logits = np.empty(k, dtype=np.float32)
     probs = np.empty(k, dtype=np.float64)
-    prev = np.full(batch, silence, dtype=np.int64)
     sqrt_half = np.float32(0.7071067811865476)
     half = np.float32(0.5)
-    for t in range(n):
+    for step in range(n):
+        t = t0 + step
         frame = t // hop
         frac = np.float32((t - frame * hop) / hop)
         rest = np.float32(1.0) - frac
         for b in range(batch):
-            x = teacher[t, b] if use_teacher else prev[b]
+            x = teacher[step, b] if step < n_teacher else prev[b]
             for i in range(r):
                 h[b, i] = embed[x, i]
             for i in range(s):
@@ -136,18 +137,18 @@ def wavenet_loop(
                     acc += out2_w[o, i] * y[i]
                 logits[o] = acc
                 if keep_logits:
-                    logits_out[t, b, o] = acc
+                    logits_out[step, b, o] = acc
                 top = max(top, acc)
             total = 0.0
             for o in range(k):
                 p = np.exp(np.float64((logits[o] - top) * inv_temperature))
                 total += p
                 probs[o] = total
-            threshold = uniforms[t, b] * total
+            threshold = uniforms[step, b] * total
             chosen = 0
             for o in range(k):
                 if probs[o] < threshold:
                     chosen += 1
             chosen = min(chosen, k - 1)
-            classes[t, b] = chosen
+            classes[step, b] = chosen
             prev[b] = chosen

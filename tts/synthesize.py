@@ -83,6 +83,7 @@ class Synthesizer:
         max_decoder_steps: int | None = None,
         griffin_lim: GriffinLimConfig | None = None,
         postfilter: bool = True,
+        candidates: int = 1,
     ):
         if vocoder not in VOCODERS:
             raise VocoderUnavailable(f"unknown vocoder {vocoder!r}; choose from {VOCODERS}")
@@ -92,7 +93,8 @@ class Synthesizer:
             from tts.vocode import Vocoder
 
             try:
-                self.wavenet = Vocoder(vocoder_model or WAVENET_MODEL_DIR, seed=seed, postfilter=postfilter)
+                self.wavenet = Vocoder(vocoder_model or WAVENET_MODEL_DIR, seed=seed, postfilter=postfilter,
+                                       candidates=candidates)
             except FileNotFoundError as err:
                 raise VocoderUnavailable(
                     f"the WaveNet vocoder is not available yet: {err}; or use --vocoder griffin-lim"
@@ -204,6 +206,13 @@ def main(argv: list[str] | None = None, prog: str = "glottis synthesize") -> int
         help="with --vocoder wavenet: keep its raw output (default: cut its sampling noise above the mel)",
     )
     parser.add_argument(
+        "--candidates",
+        type=int,
+        default=1,
+        help="with --vocoder wavenet: mel-guided sampling, the best of N continuations every 2 frames "
+        "(about N times the compute; default 1: plain sampling)",
+    )
+    parser.add_argument(
         "--plot", action="store_true", help="also write alignment and mel PNGs next to each wav"
     )
     parser.add_argument("--gl-iters", type=int, help="Griffin-Lim iterations (default: the model's)")
@@ -240,7 +249,7 @@ def main(argv: list[str] | None = None, prog: str = "glottis synthesize") -> int
             normalize_text(text)  # check every input before loading anything
         synthesizer = Synthesizer(
             args.model, vocoder=args.vocoder, vocoder_model=args.vocoder_model, seed=args.seed,
-            postfilter=args.postfilter,
+            postfilter=args.postfilter, candidates=args.candidates,
         )
         synthesizer.override_griffin_lim(n_iter=args.gl_iters, power=args.gl_power)
     except (ValueError, VocoderUnavailable) as err:

@@ -79,6 +79,7 @@ def copy_synthesis(
     seed: int = 0,
     temperature: float = 1.0,
     postfilter: bool = True,
+    candidates: int = 1,
 ) -> Path:
     """Re-synthesise the first ``limit`` utterances of ``manifest`` with both vocoders into
     ``out_dir/{wavenet,griffin-lim}/<id>.wav``. WaveNet generates ``batch_size`` utterances at a time
@@ -86,7 +87,7 @@ def copy_synthesis(
     of ``synth.jsonl``."""
     out_dir = Path(out_dir)
     gl = gl or GriffinLimConfig(power=1.0)
-    vocoder = Vocoder(model, seed=seed, temperature=temperature, postfilter=postfilter)
+    vocoder = Vocoder(model, seed=seed, temperature=temperature, postfilter=postfilter, candidates=candidates)
     records = read_manifest(manifest)[:limit]
     write_manifest(
         out_dir / "manifest.jsonl",
@@ -123,6 +124,7 @@ def copy_synthesis(
         "step": vocoder.loaded.step,
         "batch_size": batch_size,
         "temperature": temperature,
+        "candidates": candidates,
         "postfilter": postfilter,
         "griffin_lim": dataclasses.asdict(gl),
     }
@@ -178,6 +180,12 @@ def score(
     return scores
 
 
+def _guide_text(candidates: int) -> str:
+    if candidates <= 1:
+        return ""
+    return f", mel-guided sampling (best of {candidates} every 2 frames, tts.wavenet.FastGenerator.generate_guided)"
+
+
 def report(scores: dict) -> str:
     """RESULTS.md text from :func:`score`'s dict."""
     systems = scores["systems"]
@@ -189,6 +197,7 @@ def report(scores: dict) -> str:
         f"{scores['n']} test utterances ({scores['audio_s']:.1f} s); both vocoders get the same mel (the "
         f"Tacotron target). WaveNet: {settings.get('model', '?')} (step {settings.get('step', '?')}), batches "
         f"of {settings.get('batch_size', '?')}, temperature {settings.get('temperature', 1.0)}"
+        f"{_guide_text(settings.get('candidates', 1))}"
         f"{', mel-gated (tts.spectrogram.mel_gate)' if settings.get('postfilter') else ''}; Griffin-Lim: NNLS mel inversion, {gl.get('n_iter', '?')} "
         f"iterations, magnitudes raised to {gl.get('power', '?')}.",
         "",
@@ -277,6 +286,12 @@ def main(argv: list[str] | None = None) -> int:
         help="score WaveNet's raw output (default: through the vocoder's post-filter, tts.spectrogram.mel_gate)",
     )
     synth.add_argument(
+        "--candidates",
+        type=int,
+        default=1,
+        help="guided sampling: keep the best of N continuations every 2 frames (default 1: plain sampling)",
+    )
+    synth.add_argument(
         "--threads", type=int, default=1, help="torch threads (default 1, for a comparable RTF)"
     )
     sc = sub.add_parser("score", help="MCD and round-trip CER of both systems -> scores.json")
@@ -307,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             temperature=args.temperature,
             postfilter=args.postfilter,
+            candidates=args.candidates,
         )
     elif args.command == "score":
         write_json(

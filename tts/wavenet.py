@@ -263,9 +263,9 @@ class WaveNet(nn.Module):
         layer_conds = (_interpolate(c, n, hop) for c in cond.split(2 * self.cfg.residual_channels, dim=-1))
         return self._stack(inputs, layer_conds)
 
-    def _frame_conditioning(self, mel: torch.Tensor) -> torch.Tensor:
-        """``(B, frames, n_mels)`` -> ``(B, frames + 1, layers, 2R)`` float32 (contiguous)."""
-        cond = self.condition(mel)  # (B, T + 1, L * 2R)
+    def _frame_conditioning(self, mel: torch.Tensor, *, padded: bool = False) -> torch.Tensor:
+        """``(B, frames, n_mels)`` -> ``(B, frames', layers, 2R)`` float32 (contiguous); see :meth:`condition`."""
+        cond = self.condition(mel, padded=padded)  # (B, T', L * 2R)
         layers = len(self.cfg.dilations)
         return cond.reshape(cond.shape[0], cond.shape[1], layers, 2 * self.cfg.residual_channels).contiguous()
 
@@ -435,11 +435,20 @@ class FastGenerator:
                 FastGenerator._warned = True
             return "numba", None
 
-    def _run(self, mel, n, teacher, uniforms, temperature, want_logits):
+    def _conditioning(self, mel: torch.Tensor, padded: bool = False) -> np.ndarray:
         with torch.no_grad():
             device = next(self.model.parameters()).device
-            cond = self.model._frame_conditioning(mel.float().to(device)).cpu().numpy()  # (B, T + 1, L, 2R)
-        cond = np.ascontiguousarray(cond)
+            cond = self.model._frame_conditioning(mel.float().to(device), padded=padded)  # (B, T', L, 2R)
+        return np.ascontiguousarray(cond.cpu().numpy())
+
+    def _state(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        """The generator's state before the first sample: every layer's queue of past activations (zeros),
+        and the last sample (the silence class)."""
+        queue = np.zeros((int(self.offsets[-1]), batch, self.cfg.residual_channels), dtype=np.float32)
+        return queue, np.full(batch, self.silence, dtype=np.int64)
+
+    def _steps(self, cond, state, t0, n, teacher, uniforms, temperature, want_logits):
+        """Steps ``t0 .. t0 + n - 1`` from ``state`` (updated in place) -> ``(n, B)`` classes, logits."""
         batch = cond.shape[0]
         classes = np.empty((n, batch), dtype=np.int64)
         logits = np.empty((n if want_logits else 0, batch, self.cfg.n_classes), dtype=np.float32)
@@ -451,9 +460,13 @@ class FastGenerator:
 
             gate_w, rs_w, out1_w, out2_w = self.gate_w, self.rs_w, self.out1_w, self.out2_w
         loop(self.embed, gate_w, self.gate_b, rs_w, self.rs_b, out1_w, self.out1_b, out2_w, self.out2_b,
-             self.dilations, self.offsets, cond, self.cfg.hop_length, n, teacher, uniforms,
-             np.float32(1.0 / temperature), self.silence, classes, logits)
+             self.dilations, self.offsets, cond, self.cfg.hop_length, t0, n, teacher, uniforms,
+             np.float32(1.0 / temperature), *state, classes, logits)
         return classes, logits
+
+    def _run(self, mel, n, teacher, uniforms, temperature, want_logits, padded=False):
+        cond = self._conditioning(mel, padded)
+        return self._steps(cond, self._state(cond.shape[0]), 0, n, teacher, uniforms, temperature, want_logits)
 
     def generate(
         self,
@@ -462,14 +475,78 @@ class FastGenerator:
         n_samples: int | None = None,
         seed: int = 0,
         temperature: float = 1.0,
+        prefix: torch.Tensor | None = None,
+        padded: bool = False,
     ) -> torch.Tensor:
-        """``(B, frames, n_mels)`` -> ``(B, N)`` int64 mu-law classes (decode with :func:`mu_law_decode`)."""
-        n = _n_samples(mel, n_samples, None, self.cfg.hop_length)
-        no_teacher = np.zeros((0, mel.shape[0]), dtype=np.int64)
-        classes, _ = self._run(
-            mel, n, no_teacher, sampling_uniforms(n, mel.shape[0], seed), temperature, False
-        )
+        """``(B, frames, n_mels)`` -> ``(B, N)`` int64 mu-law classes (decode with :func:`mu_law_decode`).
+
+        ``prefix (B, P)``: the inputs of the first ``P <= N`` steps (``prefix[:, t] = x[t - 1]``, as
+        :meth:`WaveNet.forward`'s), so that generation continues a given past; the samples drawn in those
+        steps are returned but not fed back. ``padded``: ``mel`` carries the conditioning margins, as a
+        training window's (:meth:`WaveNet.condition`); then ``N <= (frames - 2 * margin) * hop``."""
+        batch, hop = mel.shape[0], self.cfg.hop_length
+        if padded:
+            frames = mel.shape[1] - 2 * self.cfg.cond_margin
+            n = (frames - 1) * hop if n_samples is None else n_samples
+            if not 0 < n <= (frames - 1) * hop:
+                raise ValueError(f"cannot generate {n} samples from a window of {frames} mel frames")
+        else:
+            n = _n_samples(mel, n_samples, None, hop)
+        if prefix is None:
+            teacher = np.zeros((0, batch), dtype=np.int64)
+        elif prefix.shape[0] != batch or prefix.shape[1] > n:
+            raise ValueError(f"prefix of shape {tuple(prefix.shape)} for {batch} utterances of {n} samples")
+        else:
+            teacher = np.ascontiguousarray(prefix.T.numpy().astype(np.int64))  # (B, P) -> (P, B)
+        classes, _ = self._run(mel, n, teacher, sampling_uniforms(n, batch, seed), temperature, False, padded)
         return torch.from_numpy(classes.T.copy())  # (N, B) -> (B, N)
+
+    def generate_guided(
+        self,
+        mel: torch.Tensor,
+        cost,
+        *,
+        candidates: int = 4,
+        span: int = 2,
+        lookback: int = 0,
+        n_samples: int | None = None,
+        seed: int = 0,
+        temperature: float = 1.0,
+    ) -> torch.Tensor:
+        """Guided sampling: every ``span`` frames, ``candidates`` continuations are drawn from the same
+        state, and the one ``cost`` rates lowest is kept; all of them then go on from it. Every sample
+        is still one the network drew; the guide only chooses among them.
+
+        ``cost(classes, end)`` gets ``(B, candidates, lookback + m)`` int64 classes, samples
+        ``end - lookback - m .. end - 1`` of each candidate (the ``m`` new ones last; negative positions
+        hold the silence class), and returns ``(B, candidates)`` costs. ``(B, frames, n_mels)`` ->
+        ``(B, N)`` classes; ``candidates=1`` draws what :meth:`generate` draws."""
+        if candidates < 1 or span < 1:
+            raise ValueError(f"candidates ({candidates}) and span ({span}) must be at least 1")
+        batch, hop = mel.shape[0], self.cfg.hop_length
+        n = _n_samples(mel, n_samples, None, hop)
+        cond = np.ascontiguousarray(np.repeat(self._conditioning(mel), candidates, axis=0))  # (B * C, ...)
+        state = self._state(batch * candidates)
+        uniforms = sampling_uniforms(n, batch * candidates, seed)  # (N, B * C)
+        no_teacher = np.zeros((0, batch * candidates), dtype=np.int64)
+        out = np.full((batch, lookback + n), self.silence, dtype=np.int64)  # lookback columns of silence first
+        rows = np.arange(batch)
+        for t0 in range(0, n, span * hop):
+            m = min(span * hop, n - t0)
+            drawn, _ = self._steps(cond, state, t0, m, no_teacher, np.ascontiguousarray(uniforms[t0 : t0 + m]),
+                                   temperature, False)
+            drawn = drawn.T.reshape(batch, candidates, m)
+            if candidates > 1:
+                past = np.broadcast_to(out[:, None, t0 : t0 + lookback], (batch, candidates, lookback))
+                scores = cost(torch.from_numpy(np.concatenate([past, drawn], axis=2)), t0 + m)
+                best = np.asarray(scores.argmin(dim=1))
+                keep = np.repeat(rows * candidates + best, candidates)  # every stream goes on from the best
+                state[0][:] = state[0][:, keep]
+                state[1][:] = state[1][keep]
+            else:
+                best = np.zeros(batch, dtype=np.int64)
+            out[:, lookback + t0 : lookback + t0 + m] = drawn[rows, best]
+        return torch.from_numpy(out[:, lookback:].copy())
 
     def teacher_forced_logits(self, mel: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         """The compiled loop fed ``inputs (B, N)`` instead of its samples -> ``(B, N, K)`` logits."""
