@@ -21,15 +21,7 @@ from audio.io import load
 from audio.training import CheckpointManager
 from tts import _wavenet_c as wavenet_c
 from tts.vocode import Vocoder, load_vocoder
-from tts.vocoder_train import (
-    VocoderConfig,
-    WindowCorpus,
-    add_input_noise,
-    build_model,
-    conditional_gumbel,
-    free_running_loss,
-    log_mel_distance,
-)
+from tts.vocoder_train import VocoderConfig, WindowCorpus, add_input_noise, build_model
 from tts.vocoder_train import main as train_main
 from tts.wavenet import (
     FastGenerator,
@@ -247,32 +239,6 @@ def test_generate_rejects_too_many_samples(kernel):
         FastGenerator(model, kernel).generate(torch.rand(1, 3, 8), n_samples=3 * 16 + 1)
 
 
-def test_generation_continues_a_given_past(kernel):
-    """With a prefix the first P steps read it, later ones the samples: the parallel pass on the inputs
-    generation used, sampled with the same uniforms, draws the same continuation (padded windows too)."""
-    model = tiny_net(3)
-    margin = model.cfg.cond_margin
-    mel = torch.rand(2, 6 + 2 * margin, 8)  # a training window: 6 frames and their margins
-    n, p = 5 * 16, 23
-    past = torch.randint(0, 256, (2, p))
-    generator = FastGenerator(model, kernel)
-    drawn = generator.generate(mel, n_samples=n, seed=4, prefix=past, padded=True)
-    own = torch.cat([past, drawn[:, p - 1 : n - 1]], dim=1)  # inputs: the prefix, then the samples
-    with torch.no_grad():
-        logits = model(own, mel, padded=True)
-    uniforms = torch.from_numpy(sampling_uniforms(n, 2, 4))  # (N, B)
-    again = torch.stack([_sample(logits[:, t], uniforms[t]) for t in range(n)], dim=1)
-    assert torch.equal(again[:, p - 1 :], drawn[:, p - 1 :])
-    free = generator.generate(mel, n_samples=n, seed=4, padded=True)
-    assert not torch.equal(free[:, p:], drawn[:, p:])  # the past mattered
-    whole = generator.generate(mel, n_samples=n, seed=4, prefix=own, padded=True)  # all steps given
-    assert torch.equal(whole, again)
-    with pytest.raises(ValueError, match="prefix"):
-        generator.generate(mel, n_samples=n, prefix=torch.zeros(2, n + 1, dtype=torch.long), padded=True)
-    with pytest.raises(ValueError, match="cannot generate"):
-        generator.generate(mel, n_samples=5 * 16 + 1, padded=True)
-
-
 def test_guided_generation_keeps_the_chosen_candidate_and_goes_on_from_it(kernel):
     """Spans alternate between candidate 0 and 1, so every span starts from a state copied from the other
     stream: re-sampling the parallel pass on the output with the chosen stream's uniforms draws it again."""
@@ -441,62 +407,6 @@ def test_training_with_input_noise_keeps_the_dev_loss_clean(corpus, trained, tmp
     # Same seed and windows: only the inputs differ, and noisy inputs make the targets harder to predict.
     assert noisy_train[-1] > clean_train[-1]
     assert load_config(VocoderConfig, tmp_path / "config.yaml").train.input_noise == 4
-
-
-def test_conditional_gumbel_is_a_gumbel_max_draw_given_its_outcome():
-    """Drawing the class, then the noise given it, is the same as drawing the noise: the perturbed logits
-    are independent Gumbels around the logits, and their argmax is the drawn class."""
-    generator = torch.Generator().manual_seed(0)
-    logits = torch.tensor([2.0, 0.5, -1.0, 0.0, -30.0]).expand(40000, 5)
-    chosen = torch.multinomial(torch.softmax(logits[0], -1), 40000, replacement=True, generator=generator)
-    z = conditional_gumbel(logits, chosen, generator)
-    assert torch.equal(z.argmax(-1), chosen) and torch.isfinite(z).all()
-    noise = z - logits  # Gumbel(0, 1) in every class if the conditioning is right
-    euler = 0.5772156649
-    assert torch.allclose(noise.mean(0), torch.full((5,), euler), atol=0.03)
-    assert torch.allclose(noise.std(0), torch.full((5,), math.pi / math.sqrt(6)), atol=0.04)
-    z.requires_grad_(False)
-    trial = logits.clone().requires_grad_(True)
-    conditional_gumbel(trial, chosen, generator).sum().backward()
-    assert torch.isfinite(trial.grad).all()
-
-
-def test_log_mel_distance_is_zero_only_for_the_same_spectrum():
-    cfg = load_config(VocoderConfig, TINY).features
-    wave = torch.from_numpy(np.stack([voiced(0.3, 120, 0), voiced(0.3, 150, 1)]))
-    assert float(log_mel_distance(wave, wave, cfg)) == 0.0
-    assert float(log_mel_distance(wave, -wave, cfg)) < 1e-4  # magnitudes only: the phase is free
-    # half the amplitude is log(4) apart in power, less where the fade-in and fade-out meet the floor
-    assert 0.85 * math.log(4) < float(log_mel_distance(wave, 0.5 * wave, cfg)) <= math.log(4) + 1e-5
-    assert float(log_mel_distance(wave, wave.flip(0), cfg)) > 0.3
-
-
-def test_free_running_loss_trains_the_generated_spectrum(corpus, trained, tmp_path):
-    cfg = load_config(VocoderConfig, trained / "config.yaml")
-    cfg = replace(cfg, train=replace(cfg.train, spectral_prefix_frames=1))  # of the tiny 4-frame windows
-    model = build_model(cfg)
-    model.load_state_dict(CheckpointManager.load(trained / "final.pt")["model"])
-    corpus_ = WindowCorpus(corpus / "train.jsonl", cfg)
-    batch = corpus_.sample(3, torch.Generator().manual_seed(0))
-    loss = free_running_loss(model, batch, cfg, torch.device("cpu"), seed=1)
-    assert torch.isfinite(loss) and loss > 0
-    loss.backward()
-    grads = {n: p.grad for n, p in model.named_parameters()}
-    assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
-    assert grads["out2.weight"].abs().max() > 0 and grads["gates.0.weight"].abs().max() > 0
-    assert model.training  # left as found
-    with pytest.raises(ValueError, match="spectral_prefix_frames"):
-        free_running_loss(model, batch, replace(cfg, train=replace(cfg.train, spectral_prefix_frames=4)),
-                          torch.device("cpu"), seed=1)
-
-    exp = tmp_path / "spectral"
-    args = ["--config", str(TINY), "--exp-dir", str(exp), "--train", str(corpus / "train.jsonl"), "--no-progress",
-            "--set", "train.spectral_weight=1.0", "--set", "train.spectral_prefix_frames=1",
-            "--set", "train.total_steps=6"]
-    assert train_main(args) == 0
-    rows = [json.loads(line) for line in (exp / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows if r["name"] == "train/spectral"] == [5]
-    assert (exp / "final.pt").exists()
 
 
 # --- bundle and command line ----------------------------------------------------------------------

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from audio.config import load_config, save_config, to_dict
-from audio.features import FeatureConfig, deemphasis
+from audio.features import FeatureConfig
 from audio.io import load, save
 from audio.manifest import read_manifest, resolve_audio
 from audio.training import (
@@ -44,18 +44,9 @@ from audio.training import (
     write_final,
 )
 from tts.spectrogram import TTS_FEATURES, SpectrogramScale, TargetExtractor
-from tts.wavenet import (
-    FastGenerator,
-    WaveNet,
-    WaveNetConfig,
-    decode_classes,
-    encode_wave,
-    mu_law_decode,
-    mu_law_encode,
-)
+from tts.wavenet import FastGenerator, WaveNet, WaveNetConfig, decode_classes, encode_wave, mu_law_encode
 
 log = logging.getLogger("tts.vocoder_train")
-PLOTTED = ["train/loss", "train/spectral", "dev/loss", "train/grad_norm", "train/seconds_per_step"]
 
 __all__ = [
     "VocoderTrainConfig",
@@ -65,9 +56,6 @@ __all__ = [
     "model_metadata",
     "window_loss",
     "add_input_noise",
-    "conditional_gumbel",
-    "log_mel_distance",
-    "free_running_loss",
     "train",
     "main",
 ]
@@ -98,14 +86,6 @@ class VocoderTrainConfig:
     # a network trained only on clean inputs leans on them more than on the mel and drifts; the targets and
     # the dev loss stay clean. 0: off.
     input_noise: int = 0
-    # Free-running spectral loss: the likelihood above only ever sees the recording's past, yet the network
-    # generates from its own. With weight > 0 each step also lets the compiled generator continue every
-    # window from its first spectral_prefix_frames frames of the recording, and adds spectral_weight times
-    # the multi-resolution log-mel L1 between that free-running continuation and the recording (see
-    # free_running_loss). 0: off.
-    spectral_weight: float = 0.0
-    spectral_prefix_frames: int = 4
-    spectral_tau: float = 1.0  # temperature of the Gumbel-softmax relaxation of each drawn sample
 
 
 @dataclass(frozen=True)
@@ -220,70 +200,6 @@ def window_loss(model: WaveNet, batch: dict[str, torch.Tensor], device: torch.de
     """Mean cross-entropy (nats per sample) of a batch of windows."""
     logits = model(batch["inputs"].to(device), batch["mel"].to(device), padded=True)  # (B, N, K)
     return F.cross_entropy(logits.flatten(0, 1), batch["targets"].to(device).flatten())  # (B*N, K), (B*N,)
-
-
-# (n_fft, hop, n_mels) of the free-running loss's log-mels; the first is the vocoder's own analysis
-SPECTRAL_RESOLUTIONS = ((1024, 256, 80), (512, 128, 40), (256, 64, 20))
-
-
-def conditional_gumbel(logits: torch.Tensor, chosen: torch.Tensor, generator: torch.Generator | None = None):
-    """Gumbel-perturbed ``logits (..., K)`` whose argmax is ``chosen (...)``: the noise of a Gumbel-max draw
-    that picked ``chosen``, sampled given that outcome (Tucker et al. 2017, REBAR). Differentiable in
-    ``logits``; a softmax of the result is a relaxed sample consistent with the drawn one."""
-    u = torch.rand(logits.shape, generator=generator, dtype=logits.dtype).clamp(1e-12, 1 - 1e-7)
-    log_exp = torch.log(-torch.log(u))  # log of Exp(1) draws
-    top = torch.logsumexp(logits, -1, keepdim=True) - log_exp.gather(-1, chosen[..., None])
-    others = -torch.logaddexp(-top, log_exp - logits)  # -log(exp(-top) + Exp(1) * exp(-logits))
-    return others.scatter(-1, chosen[..., None], top)
-
-
-def log_mel_distance(wave: torch.Tensor, reference: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
-    """Mean L1 distance of natural-log mel power spectra, averaged over :data:`SPECTRAL_RESOLUTIONS`;
-    ``(B, N)`` waves. Power below 1e-6 (about 60 dB under a loud frame) is not told apart."""
-    from audio.features import mel_spectrogram
-
-    total = 0.0
-    for n_fft, hop, n_mels in SPECTRAL_RESOLUTIONS:
-        res = replace(cfg, n_fft=n_fft, win_length=n_fft, hop_length=hop, n_mels=n_mels, power=2.0, preemphasis=0.0)
-        a, _ = mel_spectrogram(wave, None, res)
-        b, _ = mel_spectrogram(reference, None, res)
-        total = total + (torch.log(a + 1e-6) - torch.log(b + 1e-6)).abs().mean()
-    return total / len(SPECTRAL_RESOLUTIONS)
-
-
-def free_running_loss(
-    model: WaveNet, batch: dict[str, torch.Tensor], cfg: VocoderConfig, device: torch.device, seed: int
-) -> torch.Tensor:
-    """The log-mel distance (:func:`log_mel_distance`) between each window's recording and the network's own
-    continuation of it after ``spectral_prefix_frames`` frames of the recording.
-
-    The continuation is drawn by the compiled generator (no gradient). The parallel pass then reads it as
-    its input, and each drawn sample is replaced by a straight-through Gumbel-softmax relaxation: the
-    value drawn in the forward pass, the gradient of the relaxed sample (:func:`conditional_gumbel`) in the
-    backward. So every sample's distribution is pushed towards spectra like the recording's, given the past
-    the network made itself; the effect of a sample on later ones is not differentiated."""
-    t = cfg.train
-    prefix = t.spectral_prefix_frames * cfg.features.hop_length
-    inputs, mel = batch["inputs"], batch["mel"]
-    n = inputs.shape[1]
-    if not 0 < prefix < n:
-        raise ValueError(f"spectral_prefix_frames {t.spectral_prefix_frames} must leave part of a window")
-    was_training = model.training
-    model.eval()
-    drawn = FastGenerator(model).generate(mel, n_samples=n, seed=seed, prefix=inputs[:, : prefix + 1], padded=True)
-    model.train(was_training)
-    own = torch.cat([inputs[:, : prefix + 1], drawn[:, prefix : n - 1]], dim=1)  # the inputs it generated from
-    logits = model(own.to(device), mel.to(device), padded=True)[:, prefix:].float()  # (B, N - P, K)
-    chosen = drawn[:, prefix:].to(device)
-    generator = torch.Generator().manual_seed(seed)
-    relaxed = torch.softmax(conditional_gumbel(logits, chosen, generator) / t.spectral_tau, dim=-1)
-    values = mu_law_decode(torch.arange(cfg.model.n_classes), cfg.model.n_classes).to(device)  # (K,)
-    soft = relaxed @ values  # (B, N - P)
-    wave = values[chosen] + soft - soft.detach()
-    reference = mu_law_decode(batch["targets"][:, prefix:], cfg.model.n_classes).to(device)
-    wave = deemphasis(wave, cfg.model.preemphasis)
-    reference = deemphasis(reference, cfg.model.preemphasis)
-    return log_mel_distance(wave, reference, cfg.features)
 
 
 @torch.no_grad()
@@ -413,34 +329,25 @@ def train(cfg: VocoderConfig, args: argparse.Namespace) -> Path:
         batch = corpus.sample(cfg.train.batch_size, windows)
         batch["inputs"] = add_input_noise(batch["inputs"], cfg.train.input_noise, cfg.model.n_classes)
         loss = window_loss(model, batch, device)
-        spectral = None
-        if cfg.train.spectral_weight > 0:
-            spectral = free_running_loss(model, batch, cfg, device, seed=cfg.train.seed * 1_000_003 + step)
         optimizer.zero_grad(set_to_none=True)
-        (loss if spectral is None else loss + cfg.train.spectral_weight * spectral).backward()
+        loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
         optimizer.step()
         scheduler.step()
         step += 1
         steps_this_run += 1
         progress.update(1)
-        progress.set_postfix(
-            loss=f"{loss.item():.3f}",
-            **({} if spectral is None else {"spectral": f"{spectral.item():.3f}"}),
-            lr=f"{scheduler.get_last_lr()[0]:.2e}",
-        )
+        progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
         if step % cfg.train.log_every == 0:
             elapsed = time.time() - t_start
             logger.scalar("train/loss", loss.item(), step)
-            if spectral is not None:
-                logger.scalar("train/spectral", spectral.item(), step)
             logger.scalar("train/grad_norm", float(grad_norm), step)
             logger.scalar("train/lr", scheduler.get_last_lr()[0], step)
             logger.scalar("train/seconds_per_step", elapsed / steps_this_run, step)
         if dev is not None and (step % cfg.train.eval_every == 0 or step == cfg.train.total_steps):
             dev_loss = evaluate(model, dev, dev_batches, cfg, step=step, exp_dir=exp_dir)
             logger.scalar("dev/loss", dev_loss, step)
-            logger.plot(PLOTTED)
+            logger.plot(["train/loss", "dev/loss", "train/grad_norm", "train/seconds_per_step"])
             log.info("step %d: dev loss %.4f nats/sample", step, dev_loss)
             if dev_loss < best:
                 best = dev_loss
@@ -450,7 +357,7 @@ def train(cfg: VocoderConfig, args: argparse.Namespace) -> Path:
     progress.close()
     if steps_this_run:
         log.info("%.3f s/step over %d steps", (time.time() - t_start) / steps_this_run, steps_this_run)
-    logger.plot(PLOTTED)
+    logger.plot(["train/loss", "dev/loss", "train/grad_norm", "train/seconds_per_step"])
     if step >= cfg.train.total_steps:
         finalize(exp_dir, checkpoints, cfg)
     logger.close()

@@ -263,9 +263,9 @@ class WaveNet(nn.Module):
         layer_conds = (_interpolate(c, n, hop) for c in cond.split(2 * self.cfg.residual_channels, dim=-1))
         return self._stack(inputs, layer_conds)
 
-    def _frame_conditioning(self, mel: torch.Tensor, *, padded: bool = False) -> torch.Tensor:
-        """``(B, frames, n_mels)`` -> ``(B, frames', layers, 2R)`` float32 (contiguous); see :meth:`condition`."""
-        cond = self.condition(mel, padded=padded)  # (B, T', L * 2R)
+    def _frame_conditioning(self, mel: torch.Tensor) -> torch.Tensor:
+        """``(B, frames, n_mels)`` -> ``(B, frames + 1, layers, 2R)`` float32 (contiguous)."""
+        cond = self.condition(mel)  # (B, T + 1, L * 2R)
         layers = len(self.cfg.dilations)
         return cond.reshape(cond.shape[0], cond.shape[1], layers, 2 * self.cfg.residual_channels).contiguous()
 
@@ -435,10 +435,10 @@ class FastGenerator:
                 FastGenerator._warned = True
             return "numba", None
 
-    def _conditioning(self, mel: torch.Tensor, padded: bool = False) -> np.ndarray:
+    def _conditioning(self, mel: torch.Tensor) -> np.ndarray:
         with torch.no_grad():
             device = next(self.model.parameters()).device
-            cond = self.model._frame_conditioning(mel.float().to(device), padded=padded)  # (B, T', L, 2R)
+            cond = self.model._frame_conditioning(mel.float().to(device))  # (B, T + 1, L, 2R)
         return np.ascontiguousarray(cond.cpu().numpy())
 
     def _state(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -464,8 +464,8 @@ class FastGenerator:
              np.float32(1.0 / temperature), *state, classes, logits)
         return classes, logits
 
-    def _run(self, mel, n, teacher, uniforms, temperature, want_logits, padded=False):
-        cond = self._conditioning(mel, padded)
+    def _run(self, mel, n, teacher, uniforms, temperature, want_logits):
+        cond = self._conditioning(mel)
         return self._steps(cond, self._state(cond.shape[0]), 0, n, teacher, uniforms, temperature, want_logits)
 
     def generate(
@@ -475,30 +475,11 @@ class FastGenerator:
         n_samples: int | None = None,
         seed: int = 0,
         temperature: float = 1.0,
-        prefix: torch.Tensor | None = None,
-        padded: bool = False,
     ) -> torch.Tensor:
-        """``(B, frames, n_mels)`` -> ``(B, N)`` int64 mu-law classes (decode with :func:`mu_law_decode`).
-
-        ``prefix (B, P)``: the inputs of the first ``P <= N`` steps (``prefix[:, t] = x[t - 1]``, as
-        :meth:`WaveNet.forward`'s), so that generation continues a given past; the samples drawn in those
-        steps are returned but not fed back. ``padded``: ``mel`` carries the conditioning margins, as a
-        training window's (:meth:`WaveNet.condition`); then ``N <= (frames - 2 * margin) * hop``."""
-        batch, hop = mel.shape[0], self.cfg.hop_length
-        if padded:
-            frames = mel.shape[1] - 2 * self.cfg.cond_margin
-            n = (frames - 1) * hop if n_samples is None else n_samples
-            if not 0 < n <= (frames - 1) * hop:
-                raise ValueError(f"cannot generate {n} samples from a window of {frames} mel frames")
-        else:
-            n = _n_samples(mel, n_samples, None, hop)
-        if prefix is None:
-            teacher = np.zeros((0, batch), dtype=np.int64)
-        elif prefix.shape[0] != batch or prefix.shape[1] > n:
-            raise ValueError(f"prefix of shape {tuple(prefix.shape)} for {batch} utterances of {n} samples")
-        else:
-            teacher = np.ascontiguousarray(prefix.T.numpy().astype(np.int64))  # (B, P) -> (P, B)
-        classes, _ = self._run(mel, n, teacher, sampling_uniforms(n, batch, seed), temperature, False, padded)
+        """``(B, frames, n_mels)`` -> ``(B, N)`` int64 mu-law classes (decode with :func:`mu_law_decode`)."""
+        n = _n_samples(mel, n_samples, None, self.cfg.hop_length)
+        no_teacher = np.zeros((0, mel.shape[0]), dtype=np.int64)
+        classes, _ = self._run(mel, n, no_teacher, sampling_uniforms(n, mel.shape[0], seed), temperature, False)
         return torch.from_numpy(classes.T.copy())  # (N, B) -> (B, N)
 
     def generate_guided(
