@@ -101,7 +101,9 @@ def model_card(
         "`glottis vocode` and `glottis synthesize --vocoder wavenet` with this model (`--temperature` overrides "
         "it in `glottis vocode`). The output then passes the mel gate (`tts.spectrogram.mel_gate`), which "
         "cuts whatever it has above its mel in any band and frame, i.e. the sampling noise (`--no-postfilter` "
-        "keeps the raw output).",
+        "keeps the raw output). `--candidates N` samples with a guide instead: every 2 frames it draws N "
+        "continuations and keeps the one whose mel is closest to the input's, at about N times the compute "
+        "(`tts.wavenet.FastGenerator.generate_guided`).",
         "",
         "Use: `glottis vocode speech.wav -o copy.wav`, `glottis vocode mel.npy -o out.wav`, "
         '`glottis synthesize "Hello." -o hello.wav --vocoder wavenet`, or `from tts.vocode import Vocoder`.',
