@@ -488,6 +488,12 @@ def test_vocode_cli_copy_synthesis_and_mel(corpus, bundle, tmp_path, capsys):
     assert sf.info(str(out)).frames == sf.info(str(wav)).frames and sf.info(str(out)).samplerate == SR
     copy, _ = sf.read(str(out))
     assert 0.005 < np.abs(copy).max() <= 1.0
+    guided = tmp_path / "guided.wav"
+    assert glottis(["vocode", str(wav), "-o", str(guided), "--model", str(bundle), "--candidates", "2"]) == 0
+    assert sf.info(str(guided)).frames == sf.info(str(wav)).frames
+    assert not np.array_equal(sf.read(str(guided))[0], copy)
+    assert glottis(["vocode", str(wav), "-o", str(guided), "--model", str(bundle), "--candidates", "0"]) == 2
+    assert "--candidates" in capsys.readouterr().err
     mel = Vocoder(bundle).mel(torch.from_numpy(sf.read(str(wav), dtype="float32")[0]))
     np.save(tmp_path / "mel.npy", mel.numpy())
     assert (
