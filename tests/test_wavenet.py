@@ -474,6 +474,10 @@ def test_guided_vocoder_follows_the_mel_more_closely(corpus, bundle):
         return total
 
     assert Vocoder(bundle, candidates=2).copy_synthesis(wave).shape == wave.shape
+    # utterances of a few frames, shorter than the guide's look-back and than half an analysis window
+    for vocoder in (Vocoder(bundle), Vocoder(bundle, candidates=3)):
+        outs = vocoder.vocode_batch([mel[:2], mel[:7], mel[:3]], [100, 1500, 700])
+        assert [o.shape[0] for o in outs] == [100, 1500, 700] and all(torch.isfinite(o).all() for o in outs)
     # the tiny test model barely follows its mel, so the gain is small (0.233 -> 0.226); the bundle's is in
     # recipes/synth_en/RESULTS.md (session 35)
     assert distance(8) < distance(1) - 0.003

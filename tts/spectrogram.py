@@ -185,8 +185,10 @@ def mel_gate(wave: torch.Tensor, mel: torch.Tensor, cfg: FeatureConfig, scale: S
     log_gain = db.clamp(min=floor_db, max=0.0) * (math.log(10.0) / 20.0)  # (T, M), natural log of amplitude
     spread = fb / fb.sum(1, keepdim=True).clamp(min=1e-12)  # (F, M): each bin's bands, weights summing to 1
     window = make_window(cfg).to(wave.device)
+    # zeros outside the wave, as the features' own framing (audio.features), so that the gains line up with
+    # the frames they were computed on at the edges too, and a wave shorter than half a window works
     spec = torch.stft(wave.float(), cfg.n_fft, cfg.hop_length, cfg.n_fft, window, center=cfg.center,
-                      return_complex=True)  # (F, T')
+                      pad_mode="constant", return_complex=True)  # (F, T')
     gains = torch.ones(spec.shape, dtype=torch.float32, device=wave.device)
     frames = min(frames, spec.shape[1])
     gains[:, :frames] = (log_gain[:frames] @ spread.T).exp().T
