@@ -21,14 +21,7 @@ from audio.io import load
 from audio.training import CheckpointManager
 from tts import _wavenet_c as wavenet_c
 from tts.vocode import Vocoder, load_vocoder
-from tts.vocoder_train import (
-    VocoderConfig,
-    WindowCorpus,
-    add_input_noise,
-    build_model,
-    guided_targets,
-    self_loss,
-)
+from tts.vocoder_train import VocoderConfig, WindowCorpus, add_input_noise, build_model
 from tts.vocoder_train import main as train_main
 from tts.wavenet import (
     FastGenerator,
@@ -414,41 +407,6 @@ def test_training_with_input_noise_keeps_the_dev_loss_clean(corpus, trained, tmp
     # Same seed and windows: only the inputs differ, and noisy inputs make the targets harder to predict.
     assert noisy_train[-1] > clean_train[-1]
     assert load_config(VocoderConfig, tmp_path / "config.yaml").train.input_noise == 4
-
-
-def test_self_training_continues_each_window_and_learns_from_it(corpus, trained, tmp_path):
-    cfg = load_config(VocoderConfig, trained / "config.yaml")
-    cfg = replace(cfg, train=replace(cfg.train, self_prefix_frames=1, self_candidates=3))  # 4-frame windows
-    model = build_model(cfg)
-    model.load_state_dict(CheckpointManager.load(trained / "final.pt")["model"])
-    batch = WindowCorpus(corpus / "train.jsonl", cfg).sample(2, torch.Generator().manual_seed(0))
-    own = guided_targets(model, batch, cfg, seed=1)
-    prefix = cfg.features.hop_length
-    assert own.shape == batch["targets"].shape and model.training
-    assert torch.equal(own[:, :prefix], batch["targets"][:, :prefix])  # the recording's first frame
-    assert not torch.equal(own[:, prefix:], batch["targets"][:, prefix:])  # then the network's own
-    assert torch.equal(own, guided_targets(model, batch, cfg, seed=1))  # seeded
-    # one candidate: what the network draws from the recording's first frame on, with the same uniforms
-    single = guided_targets(model, batch, replace(cfg, train=replace(cfg.train, self_candidates=1)), seed=1)
-    inputs = torch.cat([batch["inputs"][:, :1], single[:, :-1]], dim=1)
-    with torch.no_grad():
-        logits = model.eval()(inputs, batch["mel"], padded=True)
-    model.train()
-    uniforms = torch.from_numpy(sampling_uniforms(own.shape[1], 2, 1))
-    for t in range(prefix, own.shape[1]):
-        assert torch.equal(_sample(logits[:, t], uniforms[t]), single[:, t])
-    loss = self_loss(model, batch, own, prefix, torch.device("cpu"))
-    loss.backward()
-    assert torch.isfinite(loss) and model.out2.weight.grad.abs().max() > 0
-    with pytest.raises(ValueError, match="self_prefix_frames"):
-        guided_targets(model, batch, replace(cfg, train=replace(cfg.train, self_prefix_frames=4)), seed=1)
-
-    exp = tmp_path / "self"
-    args = ["--config", str(TINY), "--exp-dir", str(exp), "--train", str(corpus / "train.jsonl"), "--no-progress",
-            "--set", "train.self_weight=1.0", "--set", "train.self_prefix_frames=1", "--set", "train.total_steps=6"]
-    assert train_main(args) == 0
-    rows = [json.loads(line) for line in (exp / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows if r["name"] == "train/self_loss"] == [5]
 
 
 # --- bundle and command line ----------------------------------------------------------------------

@@ -24,7 +24,6 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -45,15 +44,7 @@ from audio.training import (
     write_final,
 )
 from tts.spectrogram import TTS_FEATURES, SpectrogramScale, TargetExtractor
-from tts.wavenet import (
-    FastGenerator,
-    WaveNet,
-    WaveNetConfig,
-    decode_classes,
-    encode_wave,
-    mu_law_encode,
-    sampling_uniforms,
-)
+from tts.wavenet import FastGenerator, WaveNet, WaveNetConfig, decode_classes, encode_wave, mu_law_encode
 
 log = logging.getLogger("tts.vocoder_train")
 
@@ -95,13 +86,6 @@ class VocoderTrainConfig:
     # a network trained only on clean inputs leans on them more than on the mel and drifts; the targets and
     # the dev loss stay clean. 0: off.
     input_noise: int = 0
-    # Self-training on guided continuations: with weight > 0 each step the compiled generator also continues
-    # every window from its first self_prefix_frames frames of the recording, sampling with the mel guide
-    # (self_candidates continuations every 2 frames, tts.vocode.mel_guide), and the network is trained to
-    # predict that continuation from its own past as well (see guided_targets). 0: off.
-    self_weight: float = 0.0
-    self_candidates: int = 4
-    self_prefix_frames: int = 4
 
 
 @dataclass(frozen=True)
@@ -216,61 +200,6 @@ def window_loss(model: WaveNet, batch: dict[str, torch.Tensor], device: torch.de
     """Mean cross-entropy (nats per sample) of a batch of windows."""
     logits = model(batch["inputs"].to(device), batch["mel"].to(device), padded=True)  # (B, N, K)
     return F.cross_entropy(logits.flatten(0, 1), batch["targets"].to(device).flatten())  # (B*N, K), (B*N,)
-
-
-@torch.no_grad()
-def guided_targets(model: WaveNet, batch: dict[str, torch.Tensor], cfg: VocoderConfig, seed: int) -> torch.Tensor:
-    """``(B, N)`` classes: each window's recording for its first ``self_prefix_frames`` frames, then the
-    network's own continuation of it, drawn with the mel guide (the best of ``self_candidates`` every 2
-    frames; :meth:`FastGenerator.generate_guided`'s scheme, from a given past)."""
-    from tts.vocode import mel_guide
-
-    t, hop, margin = cfg.train, cfg.features.hop_length, cfg.model.cond_margin
-    inputs, targets, mel = batch["inputs"], batch["targets"], batch["mel"]
-    count, (size, n) = t.self_candidates, inputs.shape
-    prefix, span = t.self_prefix_frames * hop, 2 * hop
-    if not 0 < prefix < n:
-        raise ValueError(f"self_prefix_frames {t.self_prefix_frames} must leave part of a {n}-sample window")
-    was_training = model.training
-    model.eval()
-    generator = FastGenerator(model)
-    cond = model.condition(mel.float(), padded=True)  # (B, W + 1, L * 2R)
-    cond = cond.reshape(*cond.shape[:2], len(model.cfg.dilations), -1).cpu().numpy()
-    cond = np.ascontiguousarray(np.repeat(cond, count, axis=0))  # (B * C, W + 1, L, 2R)
-    model.train(was_training)
-    cost, lookback = mel_guide(mel[:, margin:], cfg.features, cfg.scale, model.cfg)
-    state = generator._state(size * count)
-    uniforms = sampling_uniforms(n, size * count, seed)
-    teacher = np.ascontiguousarray(np.repeat(inputs[:, : prefix + 1].numpy(), count, axis=0).T)  # (P + 1, B * C)
-    out = np.full((size, lookback + n), generator.silence, dtype=np.int64)
-    out[:, lookback : lookback + prefix] = targets[:, :prefix].numpy()
-    rows = np.arange(size)
-    # the first call reads the recording up to x[P - 1] and draws x[P] onwards
-    for t0 in [0, *range(prefix + span, n, span)]:
-        m = (prefix + span if t0 == 0 else min(span, n - t0))
-        m = min(m, n - t0)
-        rows_teacher = teacher if t0 == 0 else np.zeros((0, size * count), dtype=np.int64)
-        drawn, _ = generator._steps(cond, state, t0, m, rows_teacher, np.ascontiguousarray(uniforms[t0 : t0 + m]),
-                                    1.0, False)
-        drawn = drawn.T.reshape(size, count, m)
-        first = max(t0, prefix)  # the own samples of this call start here
-        new = drawn[:, :, first - t0 :]
-        past = np.broadcast_to(out[:, None, first : first + lookback], (size, count, lookback))
-        best = np.asarray(cost(torch.from_numpy(np.concatenate([past, new], axis=2)), t0 + m).argmin(dim=1))
-        keep = np.repeat(rows * count + best, count)
-        state[0][:] = state[0][:, keep]
-        state[1][:] = state[1][keep]
-        out[:, lookback + first : lookback + t0 + m] = new[rows, best]
-    return torch.from_numpy(out[:, lookback:].copy())
-
-
-def self_loss(model: WaveNet, batch: dict[str, torch.Tensor], own: torch.Tensor, prefix: int,
-              device: torch.device) -> torch.Tensor:
-    """Cross-entropy of the network's own continuation ``own (B, N)`` (after ``prefix`` samples), read from
-    its own past."""
-    inputs = torch.cat([batch["inputs"][:, :1], own[:, :-1]], dim=1)
-    logits = model(inputs.to(device), batch["mel"].to(device), padded=True)[:, prefix:]
-    return F.cross_entropy(logits.flatten(0, 1), own[:, prefix:].to(device).flatten())
 
 
 @torch.no_grad()
@@ -400,12 +329,8 @@ def train(cfg: VocoderConfig, args: argparse.Namespace) -> Path:
         batch = corpus.sample(cfg.train.batch_size, windows)
         batch["inputs"] = add_input_noise(batch["inputs"], cfg.train.input_noise, cfg.model.n_classes)
         loss = window_loss(model, batch, device)
-        own_loss = None
-        if cfg.train.self_weight > 0:
-            own = guided_targets(model, batch, cfg, seed=cfg.train.seed * 1_000_003 + step)
-            own_loss = self_loss(model, batch, own, cfg.train.self_prefix_frames * cfg.features.hop_length, device)
         optimizer.zero_grad(set_to_none=True)
-        (loss if own_loss is None else loss + cfg.train.self_weight * own_loss).backward()
+        loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
         optimizer.step()
         scheduler.step()
@@ -416,8 +341,6 @@ def train(cfg: VocoderConfig, args: argparse.Namespace) -> Path:
         if step % cfg.train.log_every == 0:
             elapsed = time.time() - t_start
             logger.scalar("train/loss", loss.item(), step)
-            if own_loss is not None:
-                logger.scalar("train/self_loss", own_loss.item(), step)
             logger.scalar("train/grad_norm", float(grad_norm), step)
             logger.scalar("train/lr", scheduler.get_last_lr()[0], step)
             logger.scalar("train/seconds_per_step", elapsed / steps_this_run, step)
