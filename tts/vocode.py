@@ -24,7 +24,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,7 @@ import yaml
 from safetensors.torch import load_file
 
 from audio.config import from_dict
-from audio.features import FeatureConfig, make_window, mel_filterbank, preemphasis
+from audio.features import FeatureConfig, mel_filterbank, spectrogram
 from audio.io import AudioError, load, save
 from audio.training import CheckpointManager, set_threads
 from tts.spectrogram import SpectrogramScale, TargetExtractor, amplitude_to_norm, mel_gate
@@ -113,7 +113,7 @@ def mel_guide(mels: torch.Tensor, cfg: FeatureConfig, scale: SpectrogramScale, m
     over the frames whose windows its new samples complete. Returns ``(cost, lookback)``."""
     hop, half = cfg.hop_length, cfg.n_fft // 2
     lookback = cfg.n_fft + hop  # every frame a span completes, whole
-    window, fb = make_window(cfg), mel_filterbank(cfg)
+    framing, fb = replace(cfg, center=False), mel_filterbank(cfg)  # frame k: samples k * hop .. k * hop + n_fft
     targets = mels.float().clamp(0.0, 1.0)
 
     def cost(classes: torch.Tensor, end: int) -> torch.Tensor:
@@ -125,9 +125,8 @@ def mel_guide(mels: torch.Tensor, cfg: FeatureConfig, scale: SpectrogramScale, m
         if last < first:
             return torch.zeros(batch, count)
         segment = classes[..., first * hop - half - offset : last * hop + half - offset]
-        wave = preemphasis(decode_classes(segment, model_cfg), cfg.preemphasis).reshape(batch * count, -1)
-        spec = torch.stft(wave, cfg.n_fft, hop, cfg.win_length, window, center=False, return_complex=True)
-        own = amplitude_to_norm(spec.abs().transpose(1, 2) @ fb, scale).clamp(0.0, 1.0)  # (B * C, T, M)
+        magnitude, _ = spectrogram(decode_classes(segment, model_cfg).reshape(batch * count, -1), None, framing)
+        own = amplitude_to_norm(magnitude @ fb, scale)  # (B * C, T, M), as TargetExtractor's mel
         target = targets[:, first : last + 1]  # (B, T, M)
         return (own.reshape(batch, count, *target.shape[1:]) - target[:, None]).abs().sum((2, 3))
 
