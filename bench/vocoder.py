@@ -31,7 +31,7 @@ from audio.config import load_config
 from audio.features import FeatureConfig
 from bench.run import median_times
 from tts.spectrogram import SpectrogramScale, mel_gate
-from tts.vocode import DEFAULT_VOCODER_DIR, is_vocoder_bundle, load_vocoder, mel_guide
+from tts.vocode import DEFAULT_VOCODER_DIR, EXCESS_WEIGHT, is_vocoder_bundle, load_vocoder, mel_guide
 from tts.vocoder_train import VocoderConfig, build_model
 from tts.wavenet import FastGenerator, WaveNet
 
@@ -73,7 +73,7 @@ def run(repeats: int) -> list[dict]:
 
     for generator in (fast, numba):
         generator.generate(mel_fast[:, :4], n_samples=2 * model.cfg.hop_length)  # compile (or load the cache)
-    guide, lookback = mel_guide(mel_fast, features, scale, model.cfg)
+    guide, lookback = mel_guide(mel_fast, features, scale, model.cfg, excess_weight=EXCESS_WEIGHT)
     timings = median_times(
         {
             "fast": lambda: fast.generate(mel_fast, n_samples=n_fast),

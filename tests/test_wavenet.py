@@ -20,7 +20,8 @@ from audio.features import deemphasis
 from audio.io import load
 from audio.training import CheckpointManager
 from tts import _wavenet_c as wavenet_c
-from tts.vocode import Vocoder, load_vocoder
+from tts.spectrogram import SpectrogramScale, TargetExtractor
+from tts.vocode import GUIDED_TEMPERATURE, Vocoder, load_vocoder, mel_guide
 from tts.vocoder_train import VocoderConfig, WindowCorpus, add_input_noise, build_model
 from tts.vocoder_train import main as train_main
 from tts.wavenet import (
@@ -483,6 +484,40 @@ def test_guided_vocoder_follows_the_mel_more_closely(corpus, bundle):
     assert distance(8) < distance(1) - 0.003
     with pytest.raises(ValueError, match="candidates"):
         Vocoder(bundle, candidates=0)
+    # the default temperature: the bundle's own, or the guided one when guided sampling feeds the mel gate
+    own = load_vocoder(bundle).temperature
+    assert own != GUIDED_TEMPERATURE
+    assert Vocoder(bundle).temperature == own
+    assert Vocoder(bundle, candidates=2).temperature == GUIDED_TEMPERATURE
+    assert Vocoder(bundle, candidates=2, postfilter=False).temperature == own
+    assert Vocoder(bundle, candidates=2, temperature=0.9).temperature == 0.9
+
+
+def test_mel_guide_weighs_missing_energy_above_excess():
+    """A candidate 6 dB under the mel and one 6 dB over it cost about the same with the plain L1, but the
+    quiet one costs far more when excess is down-weighted (the mel gate cuts excess, not what is missing)."""
+    from tts.spectrogram import TTS_FEATURES
+
+    cfg, scale, model_cfg = TTS_FEATURES, SpectrogramScale(), WaveNetConfig()
+    wave = torch.from_numpy(voiced(0.5, 140.0, seed=3)).float()
+    mel, _, _ = TargetExtractor(cfg, scale)(wave[None])  # (1, T, M)
+    candidates = torch.stack([encode_wave(wave * 0.5, model_cfg), encode_wave(wave * 2.0, model_cfg)])
+    n = wave.shape[0]
+
+    def costs(weight: float) -> tuple[float, float]:
+        cost, lookback = mel_guide(mel, cfg, scale, model_cfg, excess_weight=weight)
+        assert lookback < n
+        quiet, loud = cost(candidates[None], n)[0].tolist()  # (B=1, C=2) -> (2,)
+        return quiet, loud
+
+    quiet, loud = costs(1.0)
+    assert quiet > 0 and loud > 0 and 0.5 < quiet / loud < 2.0  # 151 and 215
+    quiet, loud = costs(0.1)
+    assert quiet > 5 * loud
+    quiet, loud = costs(0.0)
+    assert quiet > 0 and loud == 0.0
+    with pytest.raises(ValueError, match="excess_weight"):
+        mel_guide(mel, cfg, scale, model_cfg, excess_weight=-1.0)
 
 
 def test_vocode_cli_copy_synthesis_and_mel(corpus, bundle, tmp_path, capsys):

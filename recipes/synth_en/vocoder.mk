@@ -12,8 +12,9 @@ VOC_TRAIN_ARGS ?=
 # CER 6.61 dB / 7.3% at 0.9, 6.42 / 5.7% at 1.0, 6.34 / 6.6% at 1.1, 6.25 / 5.8% at 1.2; without the gate
 # 9.33 / 10.1% at 0.8 (the earlier choice, from 12 dev sentences of the first stage), 9.08 / 8.8% at 1.0.
 # 1.0 samples the model's own distribution, and higher ones gain less MCD than this test's noise in CER.
-# Add --candidates N for mel-guided sampling (RESULTS.md, session 35: 4 candidates took the bundle's test MCD
-# from 6.17 to 5.91 dB over three seeds, round trip 6.46% -> 6.34%, at 3.5x the generation time).
+# Add --candidates N for mel-guided sampling, with --temperature 1.2, the guided default of `glottis vocode`
+# (RESULTS.md, sessions 35 and 36: 4 candidates take the bundle's test MCD from 6.17 to 5.64 dB over three
+# seeds, round trip 6.46% -> 6.39%, at 3.5x the generation time; 16 candidates, seed 0: 5.29 dB).
 VOC_SYNTH_ARGS ?= --temperature 1.0
 VOC_COPY := $(VOC_EXP)/copy
 
