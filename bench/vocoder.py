@@ -5,7 +5,7 @@ Three implementations of the same sampling loop (``tts/wavenet.py``), all produc
 - ``fast``: the compiled Fast WaveNet loop (cached per-layer queues, fused gate matrices) that
   ``glottis vocode`` runs: the C kernel where a C compiler is found (``tts/_wavenet_kernel.c``), else the
   numba one; one utterance, and a batch of 4 utterances (RTF = compute time / total audio);
-- ``fast, guided``: the same kernel drawing GUIDE candidates every 2 frames and keeping the one closest to
+- ``fast, guided``: the same kernel drawing GUIDE candidates every 2 frames (as 2 beams) and keeping the ones closest to
   the mel (``glottis vocode --candidates 4``; ``tts.vocode.mel_guide``), on the same utterance;
 - ``fast, numba``: the numba kernel (``tts/_wavenet_kernel.py``), the fallback, on the same utterance;
 - ``torch-cached``: the pure-torch reference of the same cached loop;
@@ -31,7 +31,14 @@ from audio.config import load_config
 from audio.features import FeatureConfig
 from bench.run import median_times
 from tts.spectrogram import SpectrogramScale, mel_gate
-from tts.vocode import DEFAULT_VOCODER_DIR, EXCESS_WEIGHT, is_vocoder_bundle, load_vocoder, mel_guide
+from tts.vocode import (
+    DEFAULT_VOCODER_DIR,
+    EXCESS_WEIGHT,
+    default_beams,
+    is_vocoder_bundle,
+    load_vocoder,
+    mel_guide,
+)
 from tts.vocoder_train import VocoderConfig, build_model
 from tts.wavenet import FastGenerator, WaveNet
 
@@ -79,7 +86,8 @@ def run(repeats: int) -> list[dict]:
             "fast": lambda: fast.generate(mel_fast, n_samples=n_fast),
             f"fast, batch of {BATCH}": lambda: fast.generate(mel_batch, n_samples=n_fast),
             f"fast, guided, {GUIDE} candidates": lambda: fast.generate_guided(
-                mel_fast, guide, candidates=GUIDE, lookback=lookback, n_samples=n_fast
+                mel_fast, guide, candidates=GUIDE // default_beams(GUIDE), beams=default_beams(GUIDE),
+                lookback=lookback, n_samples=n_fast,
             ),
             "fast, numba": lambda: numba.generate(mel_fast, n_samples=n_fast),
         },

@@ -271,6 +271,43 @@ def test_guided_generation_keeps_the_chosen_candidate_and_goes_on_from_it(kernel
         generator.generate_guided(mel, alternate, candidates=0)
 
 
+def test_guided_beam_search_returns_the_best_path_and_continues_each_beam(kernel):
+    """Two beams of two draws over two spans. For utterance 0 the costs make the beam search keep the
+    span-1 draw that a single chain would drop (stream 1, 1.5 against 1.0), because its continuation is far
+    cheaper; for utterance 1 the best path goes through the beam ranked first. Re-sampling the parallel pass
+    on the output with each span's stream's uniforms must draw it again: the output is that path, and every
+    span continued from its own beam's state."""
+    model = tiny_net(6)
+    mel = torch.rand(2, 9, 8)
+    n, span, hop = 2 * 2 * 16, 2, 16
+    tables = [
+        torch.tensor([[1.0, 1.5, 9.0, 9.0], [1.5, 1.0, 9.0, 9.0]]),  # span 1: only beam 0's draws count
+        torch.tensor([[5.0, 5.0, 0.0, 3.0], [0.0, 3.0, 5.0, 5.0]]),  # span 2: beams ranked by span-1 total
+    ]
+    paths = [[1, 2], [1, 0]]  # per utterance, the stream that drew each span of the best path
+    calls = []
+
+    def table(classes, end):
+        assert classes.shape == (2, 4, 3 + span * hop)
+        calls.append(end)
+        return tables[len(calls) - 1]
+
+    out = FastGenerator(model, kernel).generate_guided(
+        mel, table, candidates=2, beams=2, span=span, lookback=3, n_samples=n, seed=4
+    )
+    assert calls == [32, 64] and out.shape == (2, n)
+    inputs = torch.cat([torch.full((2, 1), model.silence), out[:, :-1]], dim=1)
+    with torch.no_grad():
+        logits = model(inputs, mel)
+    uniforms = torch.from_numpy(sampling_uniforms(n, 2 * 4, 4))  # (N, streams)
+    for b in range(2):
+        for t in range(n):
+            stream = paths[b][t // (span * hop)]
+            assert int(_sample(logits[b, t][None], uniforms[t, b * 4 + stream][None])) == out[b, t]
+    with pytest.raises(ValueError, match="beams"):
+        FastGenerator(model, kernel).generate_guided(mel, table, candidates=2, beams=3)
+
+
 @pytest.mark.skipif(wavenet_c._compiler() is None, reason="no C compiler")
 def test_c_kernel_is_cached_per_size(tmp_path, monkeypatch):
     monkeypatch.setenv("GLOTTIS_CACHE_DIR", str(tmp_path))
@@ -491,6 +528,12 @@ def test_guided_vocoder_follows_the_mel_more_closely(corpus, bundle):
     assert Vocoder(bundle, candidates=2).temperature == GUIDED_TEMPERATURE
     assert Vocoder(bundle, candidates=2, postfilter=False).temperature == own
     assert Vocoder(bundle, candidates=2, temperature=0.9).temperature == 0.9
+    # candidates split into beams of at least 2 draws by default; other splits are refused
+    assert [Vocoder(bundle, candidates=c).beams for c in (1, 2, 3, 4, 6, 7)] == [1, 1, 1, 2, 2, 1]
+    assert Vocoder(bundle, candidates=4, beams=1).beams == 1
+    for candidates, beams in ((4, 3), (4, 4), (2, 0)):
+        with pytest.raises(ValueError, match="beams"):
+            Vocoder(bundle, candidates=candidates, beams=beams)
 
 
 def test_mel_guide_weighs_missing_energy_above_excess():

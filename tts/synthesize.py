@@ -209,8 +209,8 @@ def main(argv: list[str] | None = None, prog: str = "glottis synthesize") -> int
         "--candidates",
         type=int,
         default=1,
-        help="with --vocoder wavenet: mel-guided sampling, the best of N continuations every 2 frames "
-        "(about N times the compute; default 1: plain sampling)",
+        help="with --vocoder wavenet: mel-guided sampling, the best of N continuations every 2 frames, as 2 "
+        "beams for an even N >= 4 (about N times the compute; default 1: plain sampling)",
     )
     parser.add_argument(
         "--plot", action="store_true", help="also write alignment and mel PNGs next to each wav"

@@ -80,6 +80,7 @@ def copy_synthesis(
     temperature: float = 1.0,
     postfilter: bool = True,
     candidates: int = 1,
+    beams: int | None = None,
 ) -> Path:
     """Re-synthesise the first ``limit`` utterances of ``manifest`` with both vocoders into
     ``out_dir/{wavenet,griffin-lim}/<id>.wav``. WaveNet generates ``batch_size`` utterances at a time
@@ -87,7 +88,8 @@ def copy_synthesis(
     of ``synth.jsonl``."""
     out_dir = Path(out_dir)
     gl = gl or GriffinLimConfig(power=1.0)
-    vocoder = Vocoder(model, seed=seed, temperature=temperature, postfilter=postfilter, candidates=candidates)
+    vocoder = Vocoder(model, seed=seed, temperature=temperature, postfilter=postfilter, candidates=candidates,
+                      beams=beams)
     records = read_manifest(manifest)[:limit]
     write_manifest(
         out_dir / "manifest.jsonl",
@@ -125,6 +127,7 @@ def copy_synthesis(
         "batch_size": batch_size,
         "temperature": temperature,
         "candidates": candidates,
+        "beams": vocoder.beams,
         "postfilter": postfilter,
         "griffin_lim": dataclasses.asdict(gl),
     }
@@ -180,10 +183,11 @@ def score(
     return scores
 
 
-def _guide_text(candidates: int) -> str:
+def _guide_text(candidates: int, beams: int = 1) -> str:
     if candidates <= 1:
         return ""
-    return f", mel-guided sampling (best of {candidates} every 2 frames, tts.wavenet.FastGenerator.generate_guided)"
+    how = f"best of {candidates}" if beams <= 1 else f"{candidates} draws as {beams} beams"
+    return f", mel-guided sampling ({how} every 2 frames, tts.wavenet.FastGenerator.generate_guided)"
 
 
 def report(scores: dict) -> str:
@@ -197,7 +201,7 @@ def report(scores: dict) -> str:
         f"{scores['n']} test utterances ({scores['audio_s']:.1f} s); both vocoders get the same mel (the "
         f"Tacotron target). WaveNet: {settings.get('model', '?')} (step {settings.get('step', '?')}), batches "
         f"of {settings.get('batch_size', '?')}, temperature {settings.get('temperature', 1.0)}"
-        f"{_guide_text(settings.get('candidates', 1))}"
+        f"{_guide_text(settings.get('candidates', 1), settings.get('beams', 1))}"
         f"{', mel-gated (tts.spectrogram.mel_gate)' if settings.get('postfilter') else ''}; Griffin-Lim: NNLS mel inversion, {gl.get('n_iter', '?')} "
         f"iterations, magnitudes raised to {gl.get('power', '?')}.",
         "",
@@ -292,6 +296,12 @@ def main(argv: list[str] | None = None) -> int:
         help="guided sampling: keep the best of N continuations every 2 frames (default 1: plain sampling)",
     )
     synth.add_argument(
+        "--beams",
+        type=int,
+        help="with --candidates: search with this many beams of N / beams draws "
+        "(default: tts.vocode.default_beams, 2 for an even N of at least 4)",
+    )
+    synth.add_argument(
         "--threads", type=int, default=1, help="torch threads (default 1, for a comparable RTF)"
     )
     sc = sub.add_parser("score", help="MCD and round-trip CER of both systems -> scores.json")
@@ -323,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
             temperature=args.temperature,
             postfilter=args.postfilter,
             candidates=args.candidates,
+            beams=args.beams,
         )
     elif args.command == "score":
         write_json(

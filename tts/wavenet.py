@@ -488,6 +488,7 @@ class FastGenerator:
         cost,
         *,
         candidates: int = 4,
+        beams: int = 1,
         span: int = 2,
         lookback: int = 0,
         n_samples: int | None = None,
@@ -498,36 +499,62 @@ class FastGenerator:
         state, and the one ``cost`` rates lowest is kept; all of them then go on from it. Every sample
         is still one the network drew; the guide only chooses among them.
 
-        ``cost(classes, end)`` gets ``(B, candidates, lookback + m)`` int64 classes, samples
-        ``end - lookback - m .. end - 1`` of each candidate (the ``m`` new ones last; negative positions
-        hold the silence class), and returns ``(B, candidates)`` costs. ``(B, frames, n_mels)`` ->
+        With ``beams`` > 1 it is a beam search over such spans: ``beams`` partial outputs are kept, each
+        draws ``candidates`` continuations, and the ``beams`` lowest total costs (summed over the spans)
+        go on; the best at the end is returned. It draws ``beams * candidates`` streams.
+
+        ``cost(classes, end)`` gets ``(B, streams, lookback + m)`` int64 classes, samples
+        ``end - lookback - m .. end - 1`` of each stream (the ``m`` new ones last; negative positions
+        hold the silence class), and returns ``(B, streams)`` costs. ``(B, frames, n_mels)`` ->
         ``(B, N)`` classes; ``candidates=1`` draws what :meth:`generate` draws."""
-        if candidates < 1 or span < 1:
-            raise ValueError(f"candidates ({candidates}) and span ({span}) must be at least 1")
+        if candidates < 1 or span < 1 or not 1 <= beams <= candidates:
+            raise ValueError(
+                f"candidates ({candidates}) and span ({span}) must be at least 1, and beams ({beams}) "
+                "between 1 and candidates"
+            )
         batch, hop = mel.shape[0], self.cfg.hop_length
         n = _n_samples(mel, n_samples, None, hop)
-        cond = np.ascontiguousarray(np.repeat(self._conditioning(mel), candidates, axis=0))  # (B * C, ...)
-        state = self._state(batch * candidates)
-        uniforms = sampling_uniforms(n, batch * candidates, seed)  # (N, B * C)
-        no_teacher = np.zeros((0, batch * candidates), dtype=np.int64)
-        out = np.full((batch, lookback + n), self.silence, dtype=np.int64)  # lookback columns of silence first
-        rows = np.arange(batch)
+        streams = beams * candidates  # per utterance
+        cond = np.ascontiguousarray(np.repeat(self._conditioning(mel), streams, axis=0))  # (B * S, ...)
+        state = self._state(batch * streams)
+        uniforms = sampling_uniforms(n, batch * streams, seed)  # (N, B * S)
+        no_teacher = np.zeros((0, batch * streams), dtype=np.int64)
+        rows = np.arange(batch)[:, None]  # (B, 1)
+        tails = np.full((batch, beams, lookback), self.silence, dtype=np.int64)  # each beam's last samples
+        totals = np.zeros((batch, beams))
+        totals[:, 1:] = np.inf  # at the start every beam is the same: only the first one draws
+        chunks, parents = [], []  # per span: (B, beams, m) samples, (B, beams) the beam each came from
         for t0 in range(0, n, span * hop):
             m = min(span * hop, n - t0)
             drawn, _ = self._steps(cond, state, t0, m, no_teacher, np.ascontiguousarray(uniforms[t0 : t0 + m]),
                                    temperature, False)
-            drawn = drawn.T.reshape(batch, candidates, m)
-            if candidates > 1:
-                past = np.broadcast_to(out[:, None, t0 : t0 + lookback], (batch, candidates, lookback))
-                scores = cost(torch.from_numpy(np.concatenate([past, drawn], axis=2)), t0 + m)
-                best = np.asarray(scores.argmin(dim=1))
-                keep = np.repeat(rows * candidates + best, candidates)  # every stream goes on from the best
+            drawn = drawn.T.reshape(batch, beams, candidates, m)
+            if streams > 1:
+                past = np.broadcast_to(tails[:, :, None], (batch, beams, candidates, lookback))
+                classes = np.concatenate([past, drawn], axis=3).reshape(batch, streams, lookback + m)
+                scores = np.asarray(cost(torch.from_numpy(classes), t0 + m), dtype=np.float64)  # (B, S)
+                paths = totals.reshape(batch, beams, 1) + scores.reshape(batch, beams, candidates)
+                order = np.argsort(paths.reshape(batch, streams), axis=1, kind="stable")[:, :beams]  # (B, beams)
+                totals = np.take_along_axis(paths.reshape(batch, streams), order, axis=1)
+                # every stream of a kept beam goes on from the stream that beam keeps
+                keep = np.repeat((rows * streams + order).reshape(-1), candidates)
                 state[0][:] = state[0][:, keep]
                 state[1][:] = state[1][keep]
+                parent, pick = order // candidates, order % candidates
             else:
-                best = np.zeros(batch, dtype=np.int64)
-            out[:, lookback + t0 : lookback + t0 + m] = drawn[rows, best]
-        return torch.from_numpy(out[:, lookback:].copy())
+                parent = pick = np.zeros((batch, 1), dtype=np.int64)
+            chosen = drawn[rows, parent, pick]  # (B, beams, m)
+            history = np.concatenate([tails[rows, parent], chosen], axis=2)
+            tails = history[:, :, history.shape[2] - lookback :]
+            chunks.append(chosen)
+            parents.append(parent)
+        out = np.empty((batch, n), dtype=np.int64)
+        beam = np.argmin(totals, axis=1)[:, None]  # (B, 1): the best at the end, then back along its parents
+        for index in range(len(chunks) - 1, -1, -1):
+            t0 = index * span * hop
+            out[:, t0 : t0 + chunks[index].shape[2]] = chunks[index][rows, beam][:, 0]
+            beam = parents[index][rows, beam]
+        return torch.from_numpy(out)
 
     def teacher_forced_logits(self, mel: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         """The compiled loop fed ``inputs (B, N)`` instead of its samples -> ``(B, N, K)`` logits."""

@@ -103,8 +103,9 @@ def model_card(
         "cuts whatever it has above its mel in any band and frame, i.e. the sampling noise (`--no-postfilter` "
         "keeps the raw output). `--candidates N` samples with a guide instead: every 2 frames it draws N "
         "continuations and keeps the one whose mel is closest to the input's, counting what a candidate lacks "
-        "ten times as much as what the gate will cut, at about N times the compute and by default at "
-        "temperature 1.2 (`tts.wavenet.FastGenerator.generate_guided`, `tts.vocode.mel_guide`).",
+        "ten times as much as what the gate will cut, as 2 beams for an even N >= 4, at about N times the "
+        "compute and by default at temperature 1.2 (`tts.wavenet.FastGenerator.generate_guided`, "
+        "`tts.vocode.mel_guide`).",
         "",
         "Use: `glottis vocode speech.wav -o copy.wav`, `glottis vocode mel.npy -o out.wav`, "
         '`glottis synthesize "Hello." -o hello.wav --vocoder wavenet`, or `from tts.vocode import Vocoder`.',
