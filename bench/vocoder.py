@@ -86,8 +86,7 @@ def run(repeats: int) -> list[dict]:
             "fast": lambda: fast.generate(mel_fast, n_samples=n_fast),
             f"fast, batch of {BATCH}": lambda: fast.generate(mel_batch, n_samples=n_fast),
             f"fast, guided, {GUIDE} candidates": lambda: fast.generate_guided(
-                mel_fast, guide, candidates=GUIDE // default_beams(GUIDE), beams=default_beams(GUIDE),
-                lookback=lookback, n_samples=n_fast,
+                mel_fast, guide, candidates=GUIDE, beams=default_beams(GUIDE), lookback=lookback, n_samples=n_fast
             ),
             "fast, numba": lambda: numba.generate(mel_fast, n_samples=n_fast),
         },

@@ -281,7 +281,7 @@ def test_guided_beam_search_returns_the_best_path_and_continues_each_beam(kernel
     mel = torch.rand(2, 9, 8)
     n, span, hop = 2 * 2 * 16, 2, 16
     tables = [
-        torch.tensor([[1.0, 1.5, 9.0, 9.0], [1.5, 1.0, 9.0, 9.0]]),  # span 1: only beam 0's draws count
+        torch.tensor([[1.0, 1.5, 9.0, 9.0], [1.5, 1.0, 9.0, 9.0]]),  # span 1: the beams start alike
         torch.tensor([[5.0, 5.0, 0.0, 3.0], [0.0, 3.0, 5.0, 5.0]]),  # span 2: beams ranked by span-1 total
     ]
     paths = [[1, 2], [1, 0]]  # per utterance, the stream that drew each span of the best path
@@ -293,7 +293,7 @@ def test_guided_beam_search_returns_the_best_path_and_continues_each_beam(kernel
         return tables[len(calls) - 1]
 
     out = FastGenerator(model, kernel).generate_guided(
-        mel, table, candidates=2, beams=2, span=span, lookback=3, n_samples=n, seed=4
+        mel, table, candidates=4, beams=2, span=span, lookback=3, n_samples=n, seed=4
     )
     assert calls == [32, 64] and out.shape == (2, n)
     inputs = torch.cat([torch.full((2, 1), model.silence), out[:, :-1]], dim=1)
@@ -305,7 +305,7 @@ def test_guided_beam_search_returns_the_best_path_and_continues_each_beam(kernel
             stream = paths[b][t // (span * hop)]
             assert int(_sample(logits[b, t][None], uniforms[t, b * 4 + stream][None])) == out[b, t]
     with pytest.raises(ValueError, match="beams"):
-        FastGenerator(model, kernel).generate_guided(mel, table, candidates=2, beams=3)
+        FastGenerator(model, kernel).generate_guided(mel, table, candidates=4, beams=3)
 
 
 @pytest.mark.skipif(wavenet_c._compiler() is None, reason="no C compiler")
@@ -531,7 +531,8 @@ def test_guided_vocoder_follows_the_mel_more_closely(corpus, bundle):
     # candidates split into beams of at least 2 draws by default; other splits are refused
     assert [Vocoder(bundle, candidates=c).beams for c in (1, 2, 3, 4, 6, 7)] == [1, 1, 1, 2, 2, 1]
     assert Vocoder(bundle, candidates=4, beams=1).beams == 1
-    for candidates, beams in ((4, 3), (4, 4), (2, 0)):
+    assert Vocoder(bundle, candidates=4, beams=4).beams == 4  # the best of 4 whole samples
+    for candidates, beams in ((4, 3), (6, 4), (2, 0)):
         with pytest.raises(ValueError, match="beams"):
             Vocoder(bundle, candidates=candidates, beams=beams)
 

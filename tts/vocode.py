@@ -188,9 +188,10 @@ class Vocoder:
             sentences it took the bundle's MCD from 9.33 to 7.08 dB and its round-trip CER from 10.1% to
             7.4% (RESULTS.md, session 25).
         candidates: more than 1 samples with a guide (:meth:`FastGenerator.generate_guided`): every two
-            frames that many continuations are drawn, and the one whose own mel is closest to the given
-            mel over the frames it completes is kept (:func:`mel_guide`; with the mel gate on, energy a
-            candidate lacks counts ten times as much as energy it has above the mel, which the gate cuts).
+            frames that many continuations are drawn, and the ones whose own mel is closest to the given
+            mel over the frames it completes are kept (see ``beams``, and :func:`mel_guide`: with the mel
+            gate on, energy a candidate lacks counts ten times as much as energy above the mel, which the
+            gate cuts).
             All samples are still the network's; it costs about ``candidates`` times the compute
             (RESULTS.md, sessions 35 and 36).
         beams: search the guided spans with this many beams, each drawing ``candidates / beams``
@@ -213,8 +214,8 @@ class Vocoder:
             raise ValueError(f"candidates must be at least 1, not {candidates}")
         self.candidates = candidates
         self.beams = default_beams(candidates) if beams is None else beams
-        if self.beams < 1 or candidates % self.beams or (self.beams > 1 and candidates // self.beams < 2):
-            raise ValueError(f"{candidates} candidates do not split into {self.beams} beams of at least 2")
+        if self.beams < 1 or candidates % self.beams:
+            raise ValueError(f"{candidates} candidates do not split into {self.beams} beams")
         self.generator = FastGenerator(self.loaded.model)
         self.extractor = TargetExtractor(self.loaded.feature_config, self.loaded.scale)
         self.seed = seed
@@ -259,9 +260,8 @@ class Vocoder:
             cost, lookback = mel_guide(batch, self.loaded.feature_config, self.loaded.scale, self.loaded.model.cfg,
                                        excess_weight=EXCESS_WEIGHT if self.postfilter else 1.0)
             classes = self.generator.generate_guided(
-                batch, cost, candidates=self.candidates // self.beams, beams=self.beams, lookback=lookback,
-                n_samples=max(lengths),
-                seed=self.seed, temperature=self.temperature,
+                batch, cost, candidates=self.candidates, beams=self.beams, lookback=lookback,
+                n_samples=max(lengths), seed=self.seed, temperature=self.temperature,
             )
         else:
             classes = self.generator.generate(

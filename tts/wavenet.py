@@ -500,29 +500,28 @@ class FastGenerator:
         is still one the network drew; the guide only chooses among them.
 
         With ``beams`` > 1 it is a beam search over such spans: ``beams`` partial outputs are kept, each
-        draws ``candidates`` continuations, and the ``beams`` lowest total costs (summed over the spans)
-        go on; the best at the end is returned. It draws ``beams * candidates`` streams.
+        draws ``candidates / beams`` continuations, and the ``beams`` lowest total costs (summed over the
+        spans) go on; the best at the end is returned. Either way it draws ``candidates`` streams.
 
         ``cost(classes, end)`` gets ``(B, streams, lookback + m)`` int64 classes, samples
         ``end - lookback - m .. end - 1`` of each stream (the ``m`` new ones last; negative positions
         hold the silence class), and returns ``(B, streams)`` costs. ``(B, frames, n_mels)`` ->
         ``(B, N)`` classes; ``candidates=1`` draws what :meth:`generate` draws."""
-        if candidates < 1 or span < 1 or not 1 <= beams <= candidates:
+        if candidates < 1 or span < 1 or beams < 1 or candidates % beams:
             raise ValueError(
-                f"candidates ({candidates}) and span ({span}) must be at least 1, and beams ({beams}) "
-                "between 1 and candidates"
+                f"candidates ({candidates}) and span ({span}) must be at least 1, and beams ({beams}) must "
+                "divide candidates"
             )
         batch, hop = mel.shape[0], self.cfg.hop_length
         n = _n_samples(mel, n_samples, None, hop)
-        streams = beams * candidates  # per utterance
+        streams, candidates = candidates, candidates // beams  # per utterance; per beam
         cond = np.ascontiguousarray(np.repeat(self._conditioning(mel), streams, axis=0))  # (B * S, ...)
         state = self._state(batch * streams)
         uniforms = sampling_uniforms(n, batch * streams, seed)  # (N, B * S)
         no_teacher = np.zeros((0, batch * streams), dtype=np.int64)
         rows = np.arange(batch)[:, None]  # (B, 1)
         tails = np.full((batch, beams, lookback), self.silence, dtype=np.int64)  # each beam's last samples
-        totals = np.zeros((batch, beams))
-        totals[:, 1:] = np.inf  # at the start every beam is the same: only the first one draws
+        totals = np.zeros((batch, beams))  # the beams start alike, but each stream draws its own samples
         chunks, parents = [], []  # per span: (B, beams, m) samples, (B, beams) the beam each came from
         for t0 in range(0, n, span * hop):
             m = min(span * hop, n - t0)

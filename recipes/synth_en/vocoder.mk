@@ -14,7 +14,7 @@ VOC_TRAIN_ARGS ?=
 # 1.0 samples the model's own distribution, and higher ones gain less MCD than this test's noise in CER.
 # Add --candidates N for mel-guided sampling, with --temperature 1.2, the guided default of `glottis vocode`
 # (RESULTS.md, sessions 35 and 36: 4 candidates, searched as 2 beams, take the bundle's test MCD from 6.17 to
-# 5.58 dB over three seeds, round trip 6.46% -> 6.60%, at 3.5x the generation time; 16 candidates: 5.3 dB).
+# 5.56 dB over three seeds, round trip 6.46% -> 6.56%, at 3.5x the generation time; 16 candidates: 5.3 dB).
 VOC_SYNTH_ARGS ?= --temperature 1.0
 VOC_COPY := $(VOC_EXP)/copy
 
