@@ -514,7 +514,7 @@ class FastGenerator:
             )
         batch, hop = mel.shape[0], self.cfg.hop_length
         n = _n_samples(mel, n_samples, None, hop)
-        streams, candidates = candidates, candidates // beams  # per utterance; per beam
+        streams, per_beam = candidates, candidates // beams  # per utterance
         cond = np.ascontiguousarray(np.repeat(self._conditioning(mel), streams, axis=0))  # (B * S, ...)
         state = self._state(batch * streams)
         uniforms = sampling_uniforms(n, batch * streams, seed)  # (N, B * S)
@@ -527,19 +527,19 @@ class FastGenerator:
             m = min(span * hop, n - t0)
             drawn, _ = self._steps(cond, state, t0, m, no_teacher, np.ascontiguousarray(uniforms[t0 : t0 + m]),
                                    temperature, False)
-            drawn = drawn.T.reshape(batch, beams, candidates, m)
+            drawn = drawn.T.reshape(batch, beams, per_beam, m)
             if streams > 1:
-                past = np.broadcast_to(tails[:, :, None], (batch, beams, candidates, lookback))
+                past = np.broadcast_to(tails[:, :, None], (batch, beams, per_beam, lookback))
                 classes = np.concatenate([past, drawn], axis=3).reshape(batch, streams, lookback + m)
                 scores = np.asarray(cost(torch.from_numpy(classes), t0 + m), dtype=np.float64)  # (B, S)
-                paths = totals.reshape(batch, beams, 1) + scores.reshape(batch, beams, candidates)
+                paths = totals.reshape(batch, beams, 1) + scores.reshape(batch, beams, per_beam)
                 order = np.argsort(paths.reshape(batch, streams), axis=1, kind="stable")[:, :beams]  # (B, beams)
                 totals = np.take_along_axis(paths.reshape(batch, streams), order, axis=1)
                 # every stream of a kept beam goes on from the stream that beam keeps
-                keep = np.repeat((rows * streams + order).reshape(-1), candidates)
+                keep = np.repeat((rows * streams + order).reshape(-1), per_beam)
                 state[0][:] = state[0][:, keep]
                 state[1][:] = state[1][keep]
-                parent, pick = order // candidates, order % candidates
+                parent, pick = order // per_beam, order % per_beam
             else:
                 parent = pick = np.zeros((batch, 1), dtype=np.int64)
             chosen = drawn[rows, parent, pick]  # (B, beams, m)
