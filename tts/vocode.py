@@ -191,9 +191,8 @@ class Vocoder:
             frames that many continuations are drawn, and the ones whose own mel is closest to the given
             mel over the frames it completes are kept (see ``beams``, and :func:`mel_guide`: with the mel
             gate on, energy a candidate lacks counts ten times as much as energy above the mel, which the
-            gate cuts).
-            All samples are still the network's; it costs about ``candidates`` times the compute
-            (RESULTS.md, sessions 35 and 36).
+            gate cuts). All samples are still the network's; it costs about ``candidates`` times the
+            compute (RESULTS.md, sessions 35 and 36).
         beams: search the guided spans with this many beams, each drawing ``candidates / beams``
             continuations (``None``: :func:`default_beams`; 1: keep one chain).
     """

@@ -38,7 +38,7 @@ from audio.manifest import read_manifest, resolve_audio, write_manifest
 from audio.training import set_threads
 from tts.evaluate import MCD_FEATURES, mel_cepstral_distortion, roundtrip_cer
 from tts.spectrogram import GriffinLimConfig, norm_to_amplitude
-from tts.vocode import Vocoder
+from tts.vocode import CANDIDATES_HELP, Vocoder
 
 log = logging.getLogger(__name__)
 
@@ -289,12 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_false",
         help="score WaveNet's raw output (default: through the vocoder's post-filter, tts.spectrogram.mel_gate)",
     )
-    synth.add_argument(
-        "--candidates",
-        type=int,
-        default=1,
-        help="guided sampling: keep the best of N continuations every 2 frames (default 1: plain sampling)",
-    )
+    synth.add_argument("--candidates", type=int, default=1, help=CANDIDATES_HELP)
     synth.add_argument(
         "--beams",
         type=int,

@@ -532,9 +532,9 @@ class FastGenerator:
                 past = np.broadcast_to(tails[:, :, None], (batch, beams, per_beam, lookback))
                 classes = np.concatenate([past, drawn], axis=3).reshape(batch, streams, lookback + m)
                 scores = np.asarray(cost(torch.from_numpy(classes), t0 + m), dtype=np.float64)  # (B, S)
-                paths = totals.reshape(batch, beams, 1) + scores.reshape(batch, beams, per_beam)
-                order = np.argsort(paths.reshape(batch, streams), axis=1, kind="stable")[:, :beams]  # (B, beams)
-                totals = np.take_along_axis(paths.reshape(batch, streams), order, axis=1)
+                paths = (totals.reshape(batch, beams, 1) + scores.reshape(batch, beams, per_beam)).reshape(batch, streams)
+                order = np.argsort(paths, axis=1, kind="stable")[:, :beams]  # (B, beams): streams in each utterance
+                totals = np.take_along_axis(paths, order, axis=1)
                 # every stream of a kept beam goes on from the stream that beam keeps
                 keep = np.repeat((rows * streams + order).reshape(-1), per_beam)
                 state[0][:] = state[0][:, keep]
