@@ -44,18 +44,12 @@ TINY = ROOT / "configs" / "tts" / "wavenet_tiny.yaml"
 SR = 22050
 
 
-def tiny_net(seed: int = 0, branch: int = 0) -> WaveNet:
-    """A tiny WaveNet; with ``branch`` channels, a 3-layer conditioning branch with a random (not the initial
-    zero) projection, so that it changes the output."""
+def tiny_net(seed: int = 0) -> WaveNet:
     torch.manual_seed(seed)
     cfg = WaveNetConfig(
-        n_mels=8, hop_length=16, residual_channels=8, skip_channels=12, max_dilation=8, cond_channels=8,
-        cond_branch_channels=branch,
+        n_mels=8, hop_length=16, residual_channels=8, skip_channels=12, max_dilation=8, cond_channels=8
     )
-    model = WaveNet(cfg).eval()
-    if branch:
-        torch.nn.init.normal_(model.cond_net.branch_proj.weight, std=0.3)
-    return model
+    return WaveNet(cfg).eval()
 
 
 def voiced(seconds: float, f0: float, seed: int) -> np.ndarray:
@@ -195,9 +189,9 @@ def test_causal_with_the_expected_receptive_field():
         assert (model(near, mel)[:, t] - base[:, t]).abs().max() > 1e-12
 
 
-@pytest.fixture(scope="module", params=[0, 6], ids=["plain", "cond-branch"])
-def teacher_case(request):
-    model = tiny_net(1, branch=request.param)
+@pytest.fixture(scope="module")
+def teacher_case():
+    model = tiny_net(1)
     mel = torch.rand(2, 9, 8)
     inputs = torch.randint(0, 256, (2, 8 * 16 + 5))  # past the last frame centre: the repeated frame
     with torch.no_grad():
@@ -228,9 +222,8 @@ def test_incremental_fast_equals_parallel(teacher_case, kernel):
     assert (fast - parallel).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("branch", [0, 6])
-def test_all_generators_draw_the_same_samples(kernel, branch):
-    model = tiny_net(2, branch)
+def test_all_generators_draw_the_same_samples(kernel):
+    model = tiny_net(2)
     mel = torch.rand(2, 5, 8)
     naive = model.naive_generate(mel, n_samples=60, seed=5)
     cached, _ = model.incremental_forward(mel, n_samples=60, seed=5)
@@ -359,14 +352,10 @@ def test_kernel_choice_and_fallback(tmp_path, monkeypatch, caplog):
 # --- training -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("overrides", [[], ["model.cond_branch_channels=6"]], ids=["plain", "cond-branch"])
-def test_windows_match_the_whole_utterance(corpus, overrides):
-    cfg = load_config(VocoderConfig, TINY, overrides)
+def test_windows_match_the_whole_utterance(corpus):
+    cfg = load_config(VocoderConfig, TINY)
     data = WindowCorpus(corpus / "train.jsonl", cfg)
     model = build_model(cfg).eval()
-    if overrides:  # a branch reading one frame more on each side than the main stack, and not zero
-        assert data.margin == 3 and model.cfg.cond_layers == 2
-        torch.nn.init.normal_(model.cond_net.branch_proj.weight, std=0.3)
     inputs, targets, mel = data.window_at(1, 5)
     hop, n = cfg.features.hop_length, cfg.train.window_frames * cfg.features.hop_length
     assert torch.equal(inputs[1:], targets[:-1]) and inputs.shape == (n,)
@@ -707,37 +696,6 @@ def test_widening_keeps_the_function_and_trains_the_new_units(tmp_path):
     assert wide.res_skip[0].weight.grad[:8, 8:].abs().sum() > 0  # new gated units into old residual rows
     with pytest.raises(ValueError, match="can only widen"):
         widen_wavenet_state(model.state_dict(), 4, 16)
-
-
-def test_a_grown_conditioning_branch_keeps_the_function_and_trains(tmp_path, capsys):
-    model = tiny_net(3)
-    ckpt = tmp_path / "small.pt"
-    torch.save({"model": model.state_dict()}, ckpt)
-    out = tmp_path / "branch.pt"
-    args = ["--model", str(ckpt), "--cond-branch-channels", "6", "--cond-branch-layers", "3", "--out", str(out)]
-    assert widen_main(args) == 0
-    grown = WaveNet(replace(model.cfg, cond_branch_channels=6, cond_branch_layers=3)).eval()
-    assert grown.cfg.cond_margin == 3 > model.cfg.cond_margin
-    grown.load_state_dict(torch.load(out)["model"])
-    mel, inputs = torch.rand(2, 6, 8), torch.randint(0, 256, (2, 80))
-    with torch.no_grad():
-        assert (grown(inputs, mel) - model(inputs, mel)).abs().max() < 1e-6
-    assert torch.equal(FastGenerator(grown).generate(mel, n_samples=60, seed=1),
-                       FastGenerator(model).generate(mel, n_samples=60, seed=1))
-    # The branch's zero projection has a gradient; after one step the branch changes the output.
-    grown.train()
-    loss = torch.nn.functional.cross_entropy(grown(inputs, mel).transpose(1, 2), inputs.roll(-1, 1))
-    loss.backward()
-    assert grown.cond_net.branch_proj.weight.grad.abs().sum() > 0
-    with torch.no_grad():
-        grown.cond_net.branch_proj.weight -= 0.1 * grown.cond_net.branch_proj.weight.grad
-        assert (grown.eval()(inputs, mel) - model(inputs, mel)).abs().max() > 1e-4
-    # Growing twice, or growing nothing, is refused.
-    assert widen_main(["--model", str(out), "--cond-branch-channels", "6", "--out", str(tmp_path / "x.pt")]) == 2
-    assert "already has a conditioning branch" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        widen_main(["--model", str(ckpt), "--out", str(tmp_path / "y.pt")])
-    assert "nothing to grow" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(wavenet_c._compiler() is None, reason="no C compiler")

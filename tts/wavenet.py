@@ -78,11 +78,6 @@ class WaveNetConfig:
     cond_channels: int = 64  # width of the frame-rate conditioning net
     cond_layers: int = 2  # kernel-3 convs over mel frames
     cond_kernel: int = 3
-    # A second, wider conditioning path beside the first (``cond_branch_layers`` kernel-``cond_kernel`` convs
-    # of ``cond_branch_channels``), added into the same gate biases; 0 channels = none. It runs at frame
-    # rate, so generation pays for it once per ``hop`` samples, not per sample.
-    cond_branch_channels: int = 0
-    cond_branch_layers: int = 3
     # The network models the mu-law classes of the pre-emphasised wave, y[n] = x[n] - a x[n-1], and
     # generation de-emphasises its output (LPCNet's noise shaping): the sampling noise, white in the
     # class domain, comes out tilted like speech instead of filling its quiet high bands. 0 = plain mu-law.
@@ -97,9 +92,6 @@ class WaveNetConfig:
             raise ValueError(f"cond_kernel must be odd, not {self.cond_kernel}")
         if self.n_classes < 2:
             raise ValueError(f"n_classes must be at least 2, not {self.n_classes}")
-        if self.cond_branch_channels < 0 or self.cond_branch_layers < 1:
-            raise ValueError(f"cond_branch_channels must be >= 0 and cond_branch_layers >= 1, not "
-                             f"{self.cond_branch_channels} and {self.cond_branch_layers}")
 
     @property
     def dilations(self) -> tuple[int, ...]:
@@ -114,8 +106,7 @@ class WaveNetConfig:
     @property
     def cond_margin(self) -> int:
         """Mel frames of context the conditioning net reads on each side of a frame."""
-        layers = max(self.cond_layers, self.cond_branch_layers if self.cond_branch_channels else 0)
-        return layers * (self.cond_kernel // 2)
+        return self.cond_layers * (self.cond_kernel // 2)
 
 
 def mu_law_encode(wave: torch.Tensor, n_classes: int = 256) -> torch.Tensor:
@@ -175,43 +166,23 @@ def _sample(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
 
 class _ConditionNet(nn.Module):
     """Mel frames -> every layer's gate bias at frame rate: ``cond_layers`` kernel-3 convs (valid, tanh),
-    then one 1x1 projection to ``layers * 2R`` channels; plus, with ``cond_branch_channels``, a wider stack
-    of its own projected and added (its projection starts at zero, so a grown model computes what it did)."""
+    then one 1x1 projection to ``layers * 2R`` channels."""
 
     def __init__(self, cfg: WaveNetConfig):
         super().__init__()
-        out = len(cfg.dilations) * 2 * cfg.residual_channels
-        self.margin, half = cfg.cond_margin, cfg.cond_kernel // 2
-        self.convs = self._stack(cfg.n_mels, cfg.cond_channels, cfg.cond_layers, cfg.cond_kernel)
-        self.proj = nn.Conv1d(cfg.cond_channels, out, 1)
-        self.crop = self.margin - cfg.cond_layers * half  # frames the main stack reads less than the margin
-        if cfg.cond_branch_channels:
-            c = cfg.cond_branch_channels
-            self.branch = self._stack(cfg.n_mels, c, cfg.cond_branch_layers, cfg.cond_kernel)
-            self.branch_proj = nn.Conv1d(c, out, 1)
-            nn.init.zeros_(self.branch_proj.weight)
-            nn.init.zeros_(self.branch_proj.bias)
-            self.branch_crop = self.margin - cfg.cond_branch_layers * half
-
-    @staticmethod
-    def _stack(n_in: int, width: int, layers: int, kernel: int) -> nn.ModuleList:
-        return nn.ModuleList(nn.Conv1d(n_in if i == 0 else width, width, kernel) for i in range(layers))
-
-    @staticmethod
-    def _run(convs: nn.ModuleList, x: torch.Tensor, crop: int) -> torch.Tensor:
-        if crop:
-            x = x[:, :, crop:-crop]
-        for conv in convs:
-            x = torch.tanh(conv(x))
-        return x
+        convs, width = [], cfg.n_mels
+        for _ in range(cfg.cond_layers):
+            convs.append(nn.Conv1d(width, cfg.cond_channels, cfg.cond_kernel))
+            width = cfg.cond_channels
+        self.convs = nn.ModuleList(convs)
+        self.proj = nn.Conv1d(width, len(cfg.dilations) * 2 * cfg.residual_channels, 1)
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         """``(B, frames + 2 * margin, n_mels)`` -> ``(B, layers * 2R, frames)``."""
         x = mel.transpose(1, 2)  # (B, T, M) -> (B, M, T)
-        out = self.proj(self._run(self.convs, x, self.crop))
-        if hasattr(self, "branch"):
-            out = out + self.branch_proj(self._run(self.branch, x, self.branch_crop))
-        return out
+        for conv in self.convs:
+            x = torch.tanh(conv(x))
+        return self.proj(x)
 
 
 class WaveNet(nn.Module):

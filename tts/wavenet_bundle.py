@@ -89,10 +89,7 @@ def model_card(
         f"- Layout: {layers} layers ({m['dilation_cycles']} cycles of dilations 1..{m['max_dilation']}), "
         f"{m['residual_channels']} residual / {m['skip_channels']} skip channels, receptive field {field} samples "
         f"({1000 * field / f['sample_rate']:.0f} ms); conditioning: {m['cond_layers']} kernel-{m['cond_kernel']} "
-        f"convs of {m['cond_channels']} over mel frames"
-        + (f", beside a branch of {m.get('cond_branch_layers', 3)} convs of {m['cond_branch_channels']}"
-           if m.get("cond_branch_channels") else "")
-        + ", linearly interpolated to the sample rate.",
+        f"convs over mel frames, linearly interpolated to the sample rate.",
         f"- Audio: {f['sample_rate']} Hz; input mel = the Tacotron target (n_fft {f['n_fft']}, hop "
         f"{f['hop_length']}, {f['n_mels']} bands, pre-emphasis {f['preemphasis']}, fixed dB scale to [0, 1]), "
         "so Tacotron's predicted mel can be vocoded directly.",

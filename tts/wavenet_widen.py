@@ -1,10 +1,7 @@
-"""Widen a trained WaveNet's residual and skip channels, or give it a wider conditioning path, without
-changing what it computes (Net2Net growth).
+"""Widen a trained WaveNet's residual and skip channels without changing what it computes (Net2Net growth).
 
     python -m tts.wavenet_widen --model tts/pretrained/wavenet_synth_en --residual 48 --skip 96 \\
         --out exp/vocoder_wavenet_wide/init.pt
-    python -m tts.wavenet_widen --model tts/pretrained/wavenet_synth_en --cond-branch-channels 256 \\
-        --cond-branch-layers 3 --out exp/vocoder_wavenet_cond/init.pt
     python -m tts.vocoder_train --config configs/tts/wavenet_wide.yaml --init exp/vocoder_wavenet_wide/init.pt ...
 
 The bundled vocoder is small (32 residual / 64 skip channels) so that numba could generate it in real time;
@@ -20,9 +17,8 @@ the many CPU hours the small one took again. Growing keeps what it learnt:
 
 So the old units see exactly what they saw before and the logits are unchanged (tested); training then
 teaches the old units to use the new ones (the zero weights have non-zero gradients, since the new units'
-activations are not zero). A conditioning branch (``WaveNetConfig.cond_branch_channels``) gets freshly initialised convolutions and a
-zero projection, so it too adds nothing at the start. The output is a checkpoint with a ``model`` entry that
-``tts.vocoder_train --init`` reads when the config's ``model`` sizes are the new ones.
+activations are not zero). The output is a checkpoint with a ``model`` entry that ``tts.vocoder_train
+--init`` reads when the config's ``model.residual_channels`` / ``skip_channels`` are the new widths.
 """
 
 from __future__ import annotations
@@ -38,7 +34,7 @@ from audio.training import grow_checkpoint
 
 log = logging.getLogger(__name__)
 
-__all__ = ["widen_wavenet_state", "add_cond_branch_state"]
+__all__ = ["widen_wavenet_state"]
 
 
 def _place(old: torch.Tensor, new_shape: tuple[int, ...], blocks: list[tuple[int, int, int]], fresh_rows: bool,
@@ -97,65 +93,25 @@ def widen_wavenet_state(state: dict[str, torch.Tensor], residual: int, skip: int
     return {key: v.contiguous() for key, v in out.items()}
 
 
-def add_cond_branch_state(state: dict[str, torch.Tensor], channels: int, layers: int, *,
-                          seed: int = 0) -> dict[str, torch.Tensor]:
-    """A copy of a :class:`tts.wavenet.WaveNet` state dict with a conditioning branch of ``layers`` convs of
-    ``channels`` (``WaveNetConfig.cond_branch_*``): PyTorch's default initialisation for the convs, zero for
-    its projection, so the model computes what ``state`` did."""
-    if any(k.startswith("cond_net.branch") for k in state):
-        raise ValueError("the model already has a conditioning branch")
-    if channels < 1 or layers < 1:
-        raise ValueError(f"a conditioning branch needs channels and layers >= 1, not {channels} and {layers}")
-    n_mels, kernel = state["cond_net.convs.0.weight"].shape[1:]
-    out_channels = state["cond_net.proj.weight"].shape[0]
-    out = dict(state)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for i in range(layers):
-            conv = torch.nn.Conv1d(n_mels if i == 0 else channels, channels, kernel)
-            out[f"cond_net.branch.{i}.weight"] = conv.weight.detach().clone()
-            out[f"cond_net.branch.{i}.bias"] = conv.bias.detach().clone()
-    out["cond_net.branch_proj.weight"] = torch.zeros(out_channels, channels, 1)
-    out["cond_net.branch_proj.bias"] = torch.zeros(out_channels)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tts.wavenet_widen", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, type=Path,
                         help="a vocoder bundle folder (model.safetensors) or a trainer checkpoint (final.pt)")
-    parser.add_argument("--residual", type=int, help="the new residual channel count (default: unchanged)")
-    parser.add_argument("--skip", type=int, help="the new skip channel count (default: unchanged)")
-    parser.add_argument("--cond-branch-channels", type=int, default=0,
-                        help="add a conditioning branch this wide (default: none)")
-    parser.add_argument("--cond-branch-layers", type=int, default=3,
-                        help="kernel-3 convs in the added conditioning branch (default: 3)")
+    parser.add_argument("--residual", required=True, type=int, help="the new residual channel count")
+    parser.add_argument("--skip", required=True, type=int, help="the new skip channel count")
     parser.add_argument("--out", required=True, type=Path, help="the widened checkpoint to write (.pt)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the new units' initial weights")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.residual is None and args.skip is None and not args.cond_branch_channels:
-        parser.error("nothing to grow: give --residual/--skip and/or --cond-branch-channels")
-
-    def grow(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        r, s = state["embed.weight"].shape[1], state["out1.weight"].shape[0]
-        if args.residual is not None or args.skip is not None:
-            state = widen_wavenet_state(state, args.residual or r, args.skip or s, seed=args.seed)
-        if args.cond_branch_channels:
-            state = add_cond_branch_state(state, args.cond_branch_channels, args.cond_branch_layers,
-                                          seed=args.seed)
-        return state
-
-    meta = {k: v for k, v in (("residual_channels", args.residual), ("skip_channels", args.skip)) if v is not None}
-    if args.cond_branch_channels:
-        meta.update(cond_branch_channels=args.cond_branch_channels, cond_branch_layers=args.cond_branch_layers)
     try:
-        n_old, n_new = grow_checkpoint(args.model, args.out, grow, **meta)
+        n_old, n_new = grow_checkpoint(args.model, args.out, lambda state: widen_wavenet_state(
+            state, args.residual, args.skip, seed=args.seed), residual_channels=args.residual,
+            skip_channels=args.skip)
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"python -m tts.wavenet_widen: error: {e}", file=sys.stderr)
         return 2
-    log.info("wrote %s (%s): %.3fM -> %.3fM numbers", args.out, ", ".join(f"{k} {v}" for k, v in meta.items()),
-             n_old / 1e6, n_new / 1e6)
+    log.info("wrote %s: %d residual / %d skip channels, %.3fM -> %.3fM numbers", args.out, args.residual,
+             args.skip, n_old / 1e6, n_new / 1e6)
     return 0
 
 
