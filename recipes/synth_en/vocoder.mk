@@ -13,8 +13,9 @@ VOC_TRAIN_ARGS ?=
 # 9.33 / 10.1% at 0.8 (the earlier choice, from 12 dev sentences of the first stage), 9.08 / 8.8% at 1.0.
 # 1.0 samples the model's own distribution, and higher ones gain less MCD than this test's noise in CER.
 # Add --candidates N for mel-guided sampling, with --temperature 1.2, the guided default of `glottis vocode`
-# (RESULTS.md, sessions 35 and 36: 4 candidates, searched as 2 beams, take the bundle's test MCD from 6.17 to
-# 5.56 dB over three seeds, round trip 6.46% -> 6.56%, at 3.5x the generation time; 16 candidates: 5.3 dB).
+# (RESULTS.md, sessions 35-37: 4 candidates, searched as 2 beams, take the bundle's test MCD from 5.93 to
+# 5.47 dB over three seeds, round trip 6.55% -> 6.70%, at about 4x the generation time; 16 candidates on the
+# previous bundle: 5.3 dB).
 VOC_SYNTH_ARGS ?= --temperature 1.0
 VOC_COPY := $(VOC_EXP)/copy
 
