@@ -29,8 +29,12 @@ Stages, each a real file so ``make`` resumes an interrupted build:
    reading English, as ``manifests/train_foreign.jsonl``. Festival's English front end (kal) gives the
    phones, durations and F0, each phone is mapped to the voice's nearest one (:data:`FOREIGN_PHONE_MAPS`),
    and the voice's diphones speak them: eight new human speakers, accented, at three pitch/rate settings.
+8. ``pico`` (optional, after ``build``): SVOX Pico's two English voices (en-US and en-GB, both female, HMM
+   voices trained on recordings; Apache-2.0, from the ``ttspico`` sdist on PyPI, which bundles the engine
+   and its language files), each at :data:`PICO_SETTINGS` pitch/rate settings, as
+   ``manifests/train_pico.jsonl``. Two more human speakers that no split has.
 
-Usage: ``python -m audio.synth_corpus {text,voices,build,extra,variants,accents,foreign} --data-dir DIR [--hours 10] [--jobs 2]``
+Usage: ``python -m audio.synth_corpus {text,voices,build,extra,variants,accents,foreign,pico} --data-dir DIR [--hours 10] [--jobs 2]``
 """
 
 from __future__ import annotations
@@ -174,7 +178,7 @@ def read_sentences(data_dir: Path) -> dict[str, list[tuple[str, str]]]:
 @dataclass(frozen=True)
 class Voice:
     name: str  # unique, file-name safe
-    engine: str  # espeak-ng | flite | festival
+    engine: str  # espeak-ng | flite | festival | pico
     speaker: str  # the underlying speaker: splits are disjoint on this
     split: str
     args: tuple[str, ...] = ()  # engine-specific settings
@@ -331,6 +335,43 @@ def foreign_voices() -> list[Voice]:
             voices.append(Voice(name=f"{speaker}-f{pitch}-d{stretch}", engine="festival", speaker=speaker,
                                 split="train", args=(function, language, f"{base * pitch:.3f}", f"{stretch}")))
     return voices
+
+
+# The ``pico`` stage: (pitch %, rate %) for each of Pico's English voices. Pitch moves F0 alone (checked
+# with pyin: en-US 167 Hz at 100, 83 Hz at 50); the formants stay, and the recogniser's VTLP moves those.
+PICO_LANGUAGES = {"en-US": "lh", "en-GB": "kh"}  # language -> speaker (the ``*_lh0_sg.bin`` file's name)
+PICO_SETTINGS = [(50, 100), (55, 90), (60, 110), (65, 100), (70, 120), (80, 95), (90, 105), (100, 100),
+                 (110, 90), (125, 110), (140, 100)]
+PICO_HOURS = 2.0
+
+
+def pico_voices() -> list[Voice]:
+    """The ``pico`` stage's voices: each Pico English voice at each :data:`PICO_SETTINGS`."""
+    return [Voice(name=f"pico-{language}-p{pitch}-r{rate}", engine="pico", speaker=f"pico-{speaker}",
+                  split="train", args=(language, str(pitch), str(rate)))
+            for language, speaker in PICO_LANGUAGES.items() for pitch, rate in PICO_SETTINGS]
+
+
+_PICO_ENGINES: dict = {}  # language -> ttspico.TtsEngine, one per process (building one loads ~1.4 MB)
+
+
+def pico_synthesize(language: str, pitch: int, rate: int, items: list[tuple[str, Path]]) -> None:
+    """Pico's 16 kHz 16-bit PCM for each ``(text, wav_path)``. Raises RuntimeError without ``ttspico``."""
+    import soundfile as sf
+
+    try:
+        import ttspico
+    except ImportError as err:
+        raise RuntimeError("the pico voices need the ttspico package: run `make setup`") from err
+    if language not in _PICO_ENGINES:
+        _PICO_ENGINES[language] = ttspico.TtsEngine(language)
+    engine = _PICO_ENGINES[language]
+    engine.pitch, engine.rate = pitch, rate
+    for text, path in items:
+        pcm = engine.speak(text)
+        if not pcm:
+            raise RuntimeError(f"pico {language} produced no audio for {text[:40]!r}")
+        sf.write(str(path), np.frombuffer(pcm, dtype=np.int16), 16000, subtype="PCM_16")
 
 
 _FRONT_END_SCHEME = """(define (glottis-segments text)
@@ -533,6 +574,9 @@ def synthesize_raw(voice: Voice, items: list[tuple[str, Path]]) -> None:
             subprocess.run(["festival", "-b", f.name], check=True, capture_output=True, timeout=3600)
         finally:
             os.unlink(f.name)
+    elif voice.engine == "pico":
+        language, pitch, rate = voice.args
+        pico_synthesize(language, int(pitch), int(rate), items)
     else:
         raise ValueError(f"unknown engine {voice.engine!r}")
 
@@ -832,6 +876,7 @@ EXTRA_SETS = {
     "variants": ExtraSet(lambda _: variant_voices(), VARIANTS_HOURS, "trainv", seed=2, strict=False),
     "accents": ExtraSet(accent_voices, ACCENTS_HOURS, "traina", seed=3, strict=False),
     "foreign": ExtraSet(lambda _: foreign_voices(), FOREIGN_HOURS, "trainf", seed=4, strict=False),
+    "pico": ExtraSet(lambda _: pico_voices(), PICO_HOURS, "trainp", seed=5, strict=True),
 }
 
 

@@ -234,3 +234,39 @@ def test_foreign_stage_speaks_english_at_the_front_end_length(tiny_corpus, monke
         front_end = segments[-1][1]  # the English utterance's length
         meta = info(resolve_audio(manifest, rec))
         assert meta.sample_rate == sc.ASR_SAMPLE_RATE and 0.5 * front_end < meta.duration < 1.1 * front_end
+
+
+def test_pico_voices_are_new_train_speakers():
+    voices = sc.pico_voices()
+    assert len({v.name for v in voices}) == len(voices) == len(sc.PICO_LANGUAGES) * len(sc.PICO_SETTINGS)
+    assert {v.speaker for v in voices} == {"pico-lh", "pico-kh"}
+    assert all(v.split == "train" and v.engine == "pico" for v in voices)
+    corpus_speakers = {s for _, _, s, _, _ in sc.OTHER_VOICES}
+    assert not {v.speaker for v in voices} & corpus_speakers
+
+
+def test_pico_pitch_setting_moves_f0():
+    low, high = (sc.Voice(name=f"pico-{p}", engine="pico", speaker="pico-lh", split="train",
+                          args=("en-US", str(p), "100")) for p in (50, 100))
+    (low, _), (high, _) = sc.probe_voice(low), sc.probe_voice(high)
+    assert 1.6 < high.median_f0 / low.median_f0 < 2.4  # pitch 50% halves F0
+
+
+def test_pico_stage_writes_its_own_manifest(tiny_corpus, monkeypatch):
+    voices = [v for v in sc.pico_voices() if v.args[1:] == ("100", "100")]
+    pico = sc.ExtraSet(lambda _: voices, 1.0, "trainp", seed=5, strict=True)
+    monkeypatch.setitem(sc.EXTRA_SETS, "pico", pico)
+    sc.build_extra(tiny_corpus, hours=0.004, jobs=2, name="pico")
+    manifest = tiny_corpus / "manifests" / "train_pico.jsonl"
+    recs = read_manifest(manifest)
+    train_texts = {norm for norm, _ in sc.read_sentences(tiny_corpus)["train"]}
+    assert recs and {r.voice for r in recs} == {v.name for v in voices}
+    assert all(r.id.startswith("trainp_") and r.engine == "pico" and r.text in train_texts for r in recs)
+    for rec in recs:
+        meta = info(resolve_audio(manifest, rec))
+        assert meta.sample_rate == sc.ASR_SAMPLE_RATE and meta.duration > 0.05 * len(rec.text)
+
+
+def test_pico_reports_an_unknown_language():
+    with pytest.raises(RuntimeError, match="xx-XX"):
+        sc.pico_synthesize("xx-XX", 100, 100, [])
