@@ -343,6 +343,7 @@ PICO_LANGUAGES = {"en-US": "lh", "en-GB": "kh"}  # language -> speaker (the ``*_
 PICO_SETTINGS = [(50, 100), (55, 90), (60, 110), (65, 100), (70, 120), (80, 95), (90, 105), (100, 100),
                  (110, 90), (125, 110), (140, 100)]
 PICO_HOURS = 2.0
+PICO_SAMPLE_RATE = 16000  # the engine's only output rate
 
 
 def pico_voices() -> list[Voice]:
@@ -371,7 +372,7 @@ def pico_synthesize(language: str, pitch: int, rate: int, items: list[tuple[str,
         pcm = engine.speak(text)
         if not pcm:
             raise RuntimeError(f"pico {language} produced no audio for {text[:40]!r}")
-        sf.write(str(path), np.frombuffer(pcm, dtype=np.int16), 16000, subtype="PCM_16")
+        sf.write(str(path), np.frombuffer(pcm, dtype=np.int16), PICO_SAMPLE_RATE, subtype="PCM_16")
 
 
 _FRONT_END_SCHEME = """(define (glottis-segments text)
