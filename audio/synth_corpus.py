@@ -40,6 +40,7 @@ Usage: ``python -m audio.synth_corpus {text,voices,build,extra,variants,accents,
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import logging
@@ -353,20 +354,21 @@ def pico_voices() -> list[Voice]:
             for language, speaker in PICO_LANGUAGES.items() for pitch, rate in PICO_SETTINGS]
 
 
-_PICO_ENGINES: dict = {}  # language -> ttspico.TtsEngine, one per process (building one loads ~1.4 MB)
+@functools.cache
+def _pico_engine(language: str):
+    """One ``ttspico.TtsEngine`` per language and process (building one loads ~1.4 MB of language files)."""
+    try:
+        import ttspico
+    except ImportError as err:
+        raise RuntimeError("the pico voices need the ttspico package: run `make setup`") from err
+    return ttspico.TtsEngine(language)
 
 
 def pico_synthesize(language: str, pitch: int, rate: int, items: list[tuple[str, Path]]) -> None:
     """Pico's 16 kHz 16-bit PCM for each ``(text, wav_path)``. Raises RuntimeError without ``ttspico``."""
     import soundfile as sf
 
-    try:
-        import ttspico
-    except ImportError as err:
-        raise RuntimeError("the pico voices need the ttspico package: run `make setup`") from err
-    if language not in _PICO_ENGINES:
-        _PICO_ENGINES[language] = ttspico.TtsEngine(language)
-    engine = _PICO_ENGINES[language]
+    engine = _pico_engine(language)
     engine.pitch, engine.rate = pitch, rate
     for text, path in items:
         pcm = engine.speak(text)
