@@ -3,8 +3,8 @@ SHELL := /bin/bash
 PYTHON := .venv/bin/python
 STAMP := .venv/.glottis-setup-stamp
 # Debian packages, one per line: the synthesisers that build the corpora (the festvox voices beyond kal, ked
-# and slt are the `data-foreign` stage's), ffmpeg for torchcodec, sox, WordNet's text, and gcc for the C WaveNet
-# kernel (tts/_wavenet_kernel.c, compiled on first use; without it the numba kernel runs).
+# and slt are the `data-foreign` and `data-loan` stages'), ffmpeg for torchcodec, sox, WordNet's text, and
+# gcc for the C WaveNet kernel (tts/_wavenet_kernel.c, compiled on first use; without it the numba kernel runs).
 APT_PACKAGES := $(shell cat apt-packages.txt)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 HOURS ?= 11.2

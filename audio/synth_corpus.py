@@ -33,8 +33,12 @@ Stages, each a real file so ``make`` resumes an interrupted build:
    voices trained on recordings; Apache-2.0, from the ``ttspico`` sdist on PyPI, which bundles the engine
    and its language files), each at :data:`PICO_SETTINGS` pitch/rate settings, as
    ``manifests/train_pico.jsonl``. Two more human speakers that no split has.
+9. ``loan`` (optional, after ``build``): festival's Russian unit-selection voice (a man's recordings) and
+   Catalan HTS voice (a woman's) reading English words put into their lexicons as loanwords, so their own
+   front ends speak them, and the Czech child diphone voice read as in ``foreign``; as
+   ``manifests/train_loan.jsonl``, each speaker an equal share. Three more human speakers.
 
-Usage: ``python -m audio.synth_corpus {text,voices,build,extra,variants,accents,foreign,pico} --data-dir DIR [--hours 10] [--jobs 2]``
+Usage: ``python -m audio.synth_corpus {text,voices,build,extra,variants,accents,foreign,pico,loan} --data-dir DIR [--hours 10] [--jobs 2]``
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -377,6 +382,115 @@ def pico_synthesize(language: str, pitch: int, rate: int, items: list[tuple[str,
         sf.write(str(path), np.frombuffer(pcm, dtype=np.int16), PICO_SAMPLE_RATE, subtype="PCM_16")
 
 
+# The ``loan`` stage: festival voices of other languages reading English through their own front ends.
+# Each English word (festival's English lexicon, kal's) goes into the voice's lexicon as a loanword, its
+# syllables and stress kept and its phones mapped to the voice's (:data:`LOAN_PHONE_MAPS`); a ``Words``
+# utterance of those entries is then synthesised as the language's own text is: its own phrasing,
+# durations and intonation, and the voice's own kind of synthesis. That is what lets unit selection and
+# HTS voices read English, which need the full utterance structure the ``foreign`` stage's phone lists
+# lack. Festival's Russian voice is unit selection over a real man's recordings, the Catalan one an HTS
+# voice trained on a real woman's; the Czech child voice (krb, a diphone set) reads as the ``foreign``
+# voices do.
+LOAN_PHONE_MAPS = {
+    # msu_ru takes phonemes (a o e i u y, consonants hard or soft) and reduces unstressed vowels itself.
+    "russian": _phone_map("a,e,a,o,a u,a,a r,a j,e,e r,e j,y,i,o u,o j,u,u",
+                          "b,ch,d,z,f,g,h,d zh,k,l,l,m,m,n,n,n,n g,p,r,s,sh,t,s,v,v,j,z,zh,pau"),
+    # Central Catalan has no /h/ (dropped) and no /v/; its stressed vowels are their own phones (``a1``).
+    "catalan": _phone_map("a,E,a,O,a w,ax,ax r,a j,E,E r,e j,i,i,o w,O j,u,u",
+                          "b,t S,d,d,f,g,,d Z,k,l,l,m,m,n,n,n,n g,p,r,s,S,t,t,b,w,j,z,Z,pau"),
+}
+LOAN_STRESSED = {"catalan": ("a", "e", "E", "i", "o", "O", "u")}  # vowels with a stressed twin ``V1``
+# msu_ru spells every word in Cyrillic before its lexicon lookup, so its entries are keyed in Cyrillic.
+_CYRILLIC = dict(zip("abcdefghijklmnopqrstuvwxyz'", "абцдефгхийклмнопярстужвьызъ", strict=True))
+LOAN_VOICES = [
+    # (festival voice function, phone map, HTS speaking rates: clunits and diphone voices ignore rate)
+    ("voice_msu_ru_nsh_clunits", "russian", (1.0,)),
+    ("voice_upc_ca_ona_hts", "catalan", (1.0, 0.85, 1.2)),
+]
+LOAN_SEGMENT_VOICES = [("voice_czech_krb", "czech", 2.2)]  # read as the ``foreign`` stage's (F0 factor)
+LOAN_HOURS = 2.0
+
+
+def loan_voices() -> list[Voice]:
+    """The ``loan`` stage's voices: three speakers, Russian, Catalan and a Czech child."""
+    voices = []
+    for function, language, rates in LOAN_VOICES:
+        speaker = "festival-" + function.removeprefix("voice_")
+        voices += [Voice(name=f"{speaker}-r{rate}", engine="festival", speaker=speaker, split="train",
+                         args=("lexicon", function, language, f"{rate}")) for rate in rates]
+    for function, language, base in LOAN_SEGMENT_VOICES:
+        speaker = "festival-" + function.removeprefix("voice_")
+        voices += [Voice(name=f"{speaker}-f{pitch}-d{stretch}", engine="festival", speaker=speaker,
+                         split="train", args=(function, language, f"{base * pitch:.3f}", f"{stretch}"))
+                   for pitch, stretch in FOREIGN_PROSODY]
+    return voices
+
+
+_SYLLABLE = re.compile(r"\(\(([^()]*)\) (\d)\)")
+
+
+def english_pronunciations(words: list[str]) -> dict[str, list[tuple[list[str], bool]]]:
+    """Festival's English lexicon (and letter-to-sound rules) on each word: ``[(phones, stressed)]`` per
+    syllable. A word it gives nothing for (``animal's``) is looked up without its apostrophes."""
+    def lookup(batch: list[str]) -> list[list[tuple[list[str], bool]]]:
+        script = f"({FOREIGN_FRONT_END})\n" + "".join(f"(print (lex.lookup {_scheme_string(w)}))\n" for w in batch)
+        out = subprocess.run(["festival", "--pipe"], input=script, check=True, capture_output=True, text=True,
+                             timeout=3600).stdout
+        lines = [line for line in out.splitlines() if line.startswith("(")]
+        if len(lines) != len(batch):
+            raise RuntimeError(f"festival's lexicon returned {len(lines)} entries for {len(batch)} words")
+        return [[(phones.split(), stress != "0") for phones, stress in _SYLLABLE.findall(line)] for line in lines]
+
+    words = sorted(set(words))
+    found = dict(zip(words, lookup(words), strict=True))
+    missing = [w for w, syllables in found.items() if not syllables]
+    if missing:
+        found.update(zip(missing, lookup([w.replace("'", "") for w in missing]), strict=True))
+    for word, syllables in found.items():
+        if not syllables:
+            raise RuntimeError(f"festival's English lexicon has no pronunciation for {word!r}")
+    return found
+
+
+def loan_entry(syllables: list[tuple[list[str], bool]], language: str) -> list[tuple[list[str], bool]]:
+    """An English pronunciation in ``language``'s phones: each phone mapped, each syllable kept."""
+    table, stressed = LOAN_PHONE_MAPS[language], LOAN_STRESSED.get(language, ())
+    out = []
+    for phones, is_stressed in syllables:
+        mapped = [q for p in phones for q in table[p]]
+        if is_stressed:
+            mapped = [q + "1" if q in stressed else q for q in mapped]
+        if mapped:
+            out.append((mapped, is_stressed))
+    return out
+
+
+def loan_key(word: str, language: str) -> str:
+    """The voice's lexicon key for an English word: letters only (Cyrillic for Russian)."""
+    if language == "russian":
+        return "".join(_CYRILLIC[c] for c in word)
+    return word.replace("'", "q")
+
+
+def _festival_loan_script(voice: Voice, items: list[tuple[str, Path]]) -> str:
+    _, function, language, rate = voice.args
+    texts = [text.split() for text, _ in items]
+    pronunciations = english_pronunciations([w for words in texts for w in words])
+    lines = [f"({function})"]
+    if float(rate) != 1.0:
+        lines.append(f'(set! hts_engine_params (append hts_engine_params (list (list "-r" {rate}))))')
+    keys = {}
+    for word, syllables in pronunciations.items():
+        key = keys[word] = loan_key(word, language)
+        body = " ".join(f"(({' '.join(phones)}) {int(s)})" for phones, s in loan_entry(syllables, language))
+        lines.append(f"(lex.add.entry '({_scheme_string(key)} nil ({body})))")
+    for words, (_, path) in zip(texts, items, strict=True):
+        names = " ".join(_scheme_string(keys[w]) for w in words)
+        lines.append(f"(utt.save.wave (utt.synth (eval (list 'Utterance 'Words '({names})))) "
+                     f"{_scheme_string(str(path))} 'riff)")
+    return "\n".join(lines) + "\n"
+
+
 _FRONT_END_SCHEME = """(define (glottis-segments text)
   (let ((utt (eval (list 'Utterance 'Text text))))
     (Initialize utt) (Text utt) (Token_POS utt) (Token utt) (POS utt) (Phrasify utt) (Word utt)
@@ -547,6 +661,8 @@ def candidate_voices(seed: int = 0) -> list[Voice]:
 
 
 def _festival_script(voice: Voice, items: list[tuple[str, Path]]) -> str:
+    if voice.args[0] == "lexicon":  # a voice reading English as loanwords (the ``loan`` stage)
+        return _festival_loan_script(voice, items)
     if len(voice.args) > 1:  # a foreign voice (the ``foreign`` stage)
         return _festival_foreign_script(voice, items)
     lines = [
@@ -872,6 +988,7 @@ class ExtraSet:
     prefix: str  # utterance ids: f"{prefix}_{index:06d}"
     seed: int  # shuffles the train-pool sentences
     strict: bool  # a voice failing its probe is an error (else it is left out, with a warning)
+    by_speaker: bool = False  # sentences go round the speakers, then each speaker's voices (else the voices)
 
 
 EXTRA_SETS = {
@@ -880,6 +997,7 @@ EXTRA_SETS = {
     "accents": ExtraSet(accent_voices, ACCENTS_HOURS, "traina", seed=3, strict=False),
     "foreign": ExtraSet(lambda _: foreign_voices(), FOREIGN_HOURS, "trainf", seed=4, strict=False),
     "pico": ExtraSet(lambda _: pico_voices(), PICO_HOURS, "trainp", seed=5, strict=True),
+    "loan": ExtraSet(lambda _: loan_voices(), LOAN_HOURS, "trainl", seed=6, strict=True, by_speaker=True),
 }
 
 
@@ -909,10 +1027,18 @@ def plan_extra_jobs(data_dir: Path, hours: float, chunk: int = 40, name: str = "
     planner = JobPlanner(chunk)
     records = []
     budget = hours * 3600
+    turns = voices
+    if extra.by_speaker:  # every speaker its share, however many voices it has
+        per_speaker = defaultdict(list)
+        for voice in voices:
+            per_speaker[voice.speaker].append(voice)
+        groups = list(per_speaker.values())
+        turns = [group[(i // len(groups)) % len(group)] for i in range(len(groups) * math.lcm(*map(len, groups)))
+                 for group in [groups[i % len(groups)]]]
     for i, (norm, _) in enumerate(sentences):
         if budget <= 0:
             break
-        voice = voices[i % len(voices)]
+        voice = turns[i % len(turns)]
         uid = f"{extra.prefix}_{i:06d}"
         path = out / voice.name / wav_name(uid, voice, norm)
         planner.add(voice, uid, norm, [(path, ASR_SAMPLE_RATE)])

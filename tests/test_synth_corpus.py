@@ -3,6 +3,7 @@
 import json
 import shutil
 import subprocess
+from collections import Counter
 from dataclasses import asdict
 
 import pytest
@@ -192,15 +193,22 @@ def foreign_installed():
         pytest.skip("festival's foreign voices are not installed (make setup does it)")
 
 
+def _assert_phone_maps_reach_voice_phones(voices, maps, stressed_twins, lexical=None):
+    """Every English phone has a target, and every target (a stressed twin too) is one of the voice's
+    phones, or one its own lexicon writes (``lexical``, per language)."""
+    english = set(sc._RADIO_VOWELS + sc._RADIO_CONSONANTS)
+    for function, language, _ in voices:
+        table = maps[language]
+        assert set(table) == english
+        stressed = {p + "1" for p in stressed_twins.get(language, ())}
+        targets = {p for phones in table.values() for p in phones} | stressed
+        allowed = _festival_phones(function) | (lexical or {}).get(language, set())
+        assert targets <= allowed, (function, targets - allowed)
+
+
 @pytest.mark.usefixtures("foreign_installed")
 def test_foreign_phone_maps_reach_phones_each_voice_has():
-    english = set(sc._RADIO_VOWELS + sc._RADIO_CONSONANTS)
-    for function, language, _ in sc.FOREIGN_VOICES:
-        table = sc.FOREIGN_PHONE_MAPS[language]
-        assert set(table) == english
-        stressed = {p + "1" for p in sc.FOREIGN_STRESSED.get(language, ())}
-        targets = {p for phones in table.values() for p in phones} | stressed
-        assert targets <= _festival_phones(function), (function, targets - _festival_phones(function))
+    _assert_phone_maps_reach_voice_phones(sc.FOREIGN_VOICES, sc.FOREIGN_PHONE_MAPS, sc.FOREIGN_STRESSED)
     voices = sc.foreign_voices()
     heldout = {v.speaker for v in sc.candidate_voices() if v.split != "train"}
     assert len({v.name for v in voices}) == len(voices) == len(sc.FOREIGN_VOICES) * len(sc.FOREIGN_PROSODY)
@@ -270,3 +278,43 @@ def test_pico_stage_writes_its_own_manifest(tiny_corpus, monkeypatch):
 def test_pico_reports_an_unknown_language():
     with pytest.raises(RuntimeError, match="xx-XX"):
         sc.pico_synthesize("xx-XX", 100, 100, [])
+
+
+def test_loan_phone_maps_reach_phones_each_voice_has():
+    # msu_ru's own lexicon writes /o/, which its post-lexical rules make oo (stressed) or a reduced vowel
+    _assert_phone_maps_reach_voice_phones(sc.LOAN_VOICES, sc.LOAN_PHONE_MAPS, sc.LOAN_STRESSED,
+                                          lexical={"russian": {"o"}})
+    voices = sc.loan_voices()
+    heldout = {v.speaker for v in sc.candidate_voices() if v.split != "train"}
+    known = {v.speaker for v in sc.candidate_voices() + sc.foreign_voices() + sc.pico_voices()}
+    assert len({v.name for v in voices}) == len(voices)
+    assert len({v.speaker for v in voices}) == len(sc.LOAN_VOICES) + len(sc.LOAN_SEGMENT_VOICES)
+    assert all(v.split == "train" and v.engine == "festival" and v.speaker not in heldout | known for v in voices)
+
+
+def test_loan_entries_keep_syllables_and_stress():
+    pron = sc.english_pronunciations(["hello", "brother", "animal's", "animals"])
+    assert pron["hello"] == [(["hh", "ax"], False), (["l", "ow"], True)]
+    assert pron["animal's"] == pron["animals"]  # no entry with the apostrophe: looked up without it
+    # Catalan drops /h/ and has stressed vowels of its own; Russian keeps phonemes and stress marks.
+    assert sc.loan_entry(pron["hello"], "catalan") == [(["ax"], False), (["l", "o1", "w"], True)]
+    assert sc.loan_entry(pron["brother"], "russian") == [(["b", "r", "a"], True), (["z", "e", "r"], False)]
+    assert sc.loan_key("animal's", "russian") == "анималъс" and sc.loan_key("we're", "catalan") == "weqre"
+    assert len({sc.loan_key(w, "russian") for w in ("its", "it's", "ist")}) == 3
+
+
+def test_loan_stage_gives_each_speaker_its_share(tiny_corpus, monkeypatch):
+    voices = [v for v in sc.loan_voices() if v.name.endswith(("-r1.0", "-r1.2", "-f1.0-d1.0"))]
+    assert len(voices) == 4 and len({v.speaker for v in voices}) == 3  # Catalan at two rates
+    loan = sc.ExtraSet(lambda _: voices, 1.0, "trainl", seed=6, strict=True, by_speaker=True)
+    monkeypatch.setitem(sc.EXTRA_SETS, "loan", loan)
+    sc.build_extra(tiny_corpus, hours=0.006, jobs=2, name="loan")
+    manifest = tiny_corpus / "manifests" / "train_loan.jsonl"
+    recs = read_manifest(manifest)
+    per_speaker = Counter(r.speaker for r in recs)
+    assert len(per_speaker) == 3 and max(per_speaker.values()) - min(per_speaker.values()) <= 1
+    assert {r.voice for r in recs} == {v.name for v in voices}
+    assert all(r.id.startswith("trainl_") and r.engine == "festival" for r in recs)
+    for rec in recs:  # English read at a speaking pace: neither silence nor a spelled-out word salad
+        meta = info(resolve_audio(manifest, rec))
+        assert meta.sample_rate == sc.ASR_SAMPLE_RATE and 0.03 * len(rec.text) < meta.duration < 0.15 * len(rec.text)
