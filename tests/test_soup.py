@@ -8,7 +8,7 @@ import torch
 from asr import evaluate, soup
 from asr.bundle import load_recognizer
 from audio.io import load
-from audio.training import CheckpointManager
+from audio.training import CheckpointManager, read_weights
 
 
 def _sibling(tiny_exp, path, *, scale: float = 0.01, seed: int = 0, edit=None):
@@ -90,3 +90,23 @@ def test_model_card_says_a_soup_is_a_soup(tiny_exp, tmp_path):
     assert "mean of 2 recognisers" in text and "b.pt" in text
     single = evaluate._provenance(CheckpointManager.load(a), 600.0)
     assert single.startswith("Trained for") and "10 minutes" in single and "soup" not in single
+
+
+def test_weighted_soup_moves_a_run_back_towards_the_bundle_it_started_from(tiny_exp, tiny_bundle, tmp_path,
+                                                                          capsys):
+    run = _sibling(tiny_exp, tmp_path / "run.pt", scale=0.05, seed=3)  # a run fine-tuned from the bundle
+    out = soup.make_soup([run, tiny_bundle], tmp_path / "quarter.pt", weights=[3, 1])
+    mixed, ran = CheckpointManager.load(out), CheckpointManager.load(run)
+    _, stored = read_weights(tiny_bundle, label="test")  # fp16, as bundles store weights
+    for name, value in mixed["model"].items():
+        expected = 0.75 * ran["model"][name].double() + 0.25 * stored[name].double()
+        assert value.dtype == ran["model"][name].dtype and torch.allclose(value.double(), expected, atol=1e-6)
+    assert mixed["soup_weights"] == [0.75, 0.25] and mixed["model_config"] == ran["model_config"]
+    load_recognizer(out)  # a checkpoint the tools read
+
+    with pytest.raises(ValueError, match="first member must be a checkpoint"):
+        soup.make_soup([tiny_bundle, run], tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="--weights"):
+        soup.make_soup([run, tiny_bundle], tmp_path / "x.pt", weights=[1.0])
+    assert soup.main(["--out", str(tmp_path / "x.pt"), str(run), str(tiny_bundle), "--weights", "1", "-1"]) == 2
+    assert "--weights" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
