@@ -37,8 +37,11 @@ Stages, each a real file so ``make`` resumes an interrupted build:
    Catalan HTS voice (a woman's) reading English words put into their lexicons as loanwords, so their own
    front ends speak them, and the Czech child diphone voice read as in ``foreign``; as
    ``manifests/train_loan.jsonl``, each speaker an equal share. Three more human speakers.
+10. ``picoloan`` (optional, after ``build``): Pico's German, Spanish, French and Italian voices reading English
+   as X-SAMPA phoneme markup (each word's English pronunciation in the language's phones, its stress
+   marked), at the ``pico`` stage's settings, as ``manifests/train_picoloan.jsonl``. Four more women.
 
-Usage: ``python -m audio.synth_corpus {text,voices,build,extra,variants,accents,foreign,pico,loan} --data-dir DIR [--hours 10] [--jobs 2]``
+Usage: ``python -m audio.synth_corpus {text,voices,build,extra,variants,accents,foreign,pico,loan,picoloan} --data-dir DIR [--hours 10] [--jobs 2]``
 """
 
 from __future__ import annotations
@@ -370,12 +373,16 @@ def _pico_engine(language: str):
 
 
 def pico_synthesize(language: str, pitch: int, rate: int, items: list[tuple[str, Path]]) -> None:
-    """Pico's 16 kHz 16-bit PCM for each ``(text, wav_path)``. Raises RuntimeError without ``ttspico``."""
+    """Pico's 16 kHz 16-bit PCM for each ``(text, wav_path)``; a voice of another language reads the
+    English as X-SAMPA (:func:`pico_markup`). Raises RuntimeError without ``ttspico``."""
     import soundfile as sf
 
     engine = _pico_engine(language)
     engine.pitch, engine.rate = pitch, rate
-    for text, path in items:
+    texts = [text for text, _ in items]
+    if language in PICO_XSAMPA_MAPS:
+        texts = pico_markup(texts, language)
+    for text, (_, path) in zip(texts, items, strict=True):
         pcm = engine.speak(text)
         if not pcm:
             raise RuntimeError(f"pico {language} produced no audio for {text[:40]!r}")
@@ -489,6 +496,54 @@ def _festival_loan_script(voice: Voice, items: list[tuple[str, Path]]) -> str:
         lines.append(f"(utt.save.wave (utt.synth (eval (list 'Utterance 'Words '({names})))) "
                      f"{_scheme_string(str(path))} 'riff)")
     return "\n".join(lines) + "\n"
+
+
+# The ``picoloan`` stage: Pico's German, Spanish, French and Italian voices (four more women) reading
+# English through X-SAMPA phoneme markup: festival's English pronunciation of each word, its phones mapped
+# to the language's (:data:`PICO_XSAMPA_MAPS`: only symbols the voice speaks, checked by a test) and its
+# stressed syllables marked, so Pico's own prosody speaks it. Pico skips a symbol it lacks without a word.
+PICO_LOAN_LANGUAGES = {"de-DE": "gl", "es-ES": "zl", "fr-FR": "nk", "it-IT": "cm"}
+PICO_XSAMPA_MAPS = {
+    # German: no /th/ or /w/ (s, v), English r as the uvular R, the vocalic r of "-er" as 6.
+    "de-DE": _phone_map("a:,E,a,O,aU,@,6,aI,E,9 6,eI,I,i:,oU,OY,U,u:",
+                        "b,tS,d,d,f,g,h,dZ,k,l,l,m,m,n,n,n,N,p,R,s,S,t,s,v,v,j,z,Z,"),
+    # Spanish: five vowels, no /v z sh zh/ (b s tS jj), /w/ as u; its own T and D serve th and dh.
+    "es-ES": _phone_map("a,e,a,o,a u,a,e r,a i,e,e r,e i,i,i,o u,o i,u,u",
+                        "b,tS,d,D,f,g,x,dZ,k,l,l,m,m,n,n,n,N,p,r,s,tS,t,T,b,u,j,s,jj,"),
+    # French: no /h/ (dropped) or schwa symbol the voice speaks (2), th and dh as s and z.
+    "fr-FR": _phone_map("a,E,9,O,a u,2,9 R,a j,E,9 R,e j,i,i,o u,O j,u,u",
+                        "b,tS,d,z,f,g,,dZ,k,l,l,m,m,n,n,n,N,p,R,s,S,t,s,v,w,j,z,Z,"),
+    # Italian: no /h/ (dropped), schwa as e, /w/ and /j/ as u and i, zh as dZ.
+    "it-IT": _phone_map("a,E,a,o,a u,e,e r,a i,E,e r,e i,i,i,o u,o i,u,u",
+                        "b,tS,d,d,f,g,,dZ,k,l,l,m,m,n,n,n,N,p,r,s,S,t,t,v,u,i,z,dZ,"),
+}
+PICO_LOAN_HOURS = 2.0
+
+
+def pico_loan_voices() -> list[Voice]:
+    """The ``picoloan`` stage's voices: each other-language Pico voice at each :data:`PICO_SETTINGS`."""
+    return [Voice(name=f"pico-{language}-p{pitch}-r{rate}", engine="pico", speaker=f"pico-{speaker}",
+                  split="train", args=(language, str(pitch), str(rate)))
+            for language, speaker in PICO_LOAN_LANGUAGES.items() for pitch, rate in PICO_SETTINGS]
+
+
+def xsampa_word(syllables: list[tuple[list[str], bool]], language: str) -> str:
+    """One English word in ``language``'s X-SAMPA: the first stressed syllable marked primary (``"``),
+    later ones secondary (``%``)."""
+    table, out, stressed_yet = PICO_XSAMPA_MAPS[language], [], False
+    for phones, stressed in syllables:
+        mapped = "".join(q for p in phones for q in table[p])
+        if mapped:
+            out.append(("%" if stressed_yet else '"') * stressed + mapped)
+            stressed_yet |= stressed
+    return "".join(out)
+
+
+def pico_markup(texts: list[str], language: str) -> list[str]:
+    """Each English text as Pico phoneme markup, word by word, in ``language``'s X-SAMPA."""
+    pronunciations = english_pronunciations([w for text in texts for w in text.split()])
+    return [" ".join(f"<phoneme alphabet=\"xsampa\" ph='{xsampa_word(pronunciations[w], language)}'/>"
+                     for w in text.split()) for text in texts]
 
 
 _FRONT_END_SCHEME = """(define (glottis-segments text)
@@ -998,6 +1053,7 @@ EXTRA_SETS = {
     "foreign": ExtraSet(lambda _: foreign_voices(), FOREIGN_HOURS, "trainf", seed=4, strict=False),
     "pico": ExtraSet(lambda _: pico_voices(), PICO_HOURS, "trainp", seed=5, strict=True),
     "loan": ExtraSet(lambda _: loan_voices(), LOAN_HOURS, "trainl", seed=6, strict=True, by_speaker=True),
+    "picoloan": ExtraSet(lambda _: pico_loan_voices(), PICO_LOAN_HOURS, "trainq", seed=7, strict=True),
 }
 
 

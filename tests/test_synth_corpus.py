@@ -260,16 +260,17 @@ def test_pico_pitch_setting_moves_f0():
     assert 1.6 < high.median_f0 / low.median_f0 < 2.4  # pitch 50% halves F0
 
 
-def test_pico_stage_writes_its_own_manifest(tiny_corpus, monkeypatch):
-    voices = [v for v in sc.pico_voices() if v.args[1:] == ("100", "100")]
-    pico = sc.ExtraSet(lambda _: voices, 1.0, "trainp", seed=5, strict=True)
-    monkeypatch.setitem(sc.EXTRA_SETS, "pico", pico)
-    sc.build_extra(tiny_corpus, hours=0.004, jobs=2, name="pico")
-    manifest = tiny_corpus / "manifests" / "train_pico.jsonl"
+@pytest.mark.parametrize(("name", "voices", "prefix"), [("pico", sc.pico_voices, "trainp"),
+                                                       ("picoloan", sc.pico_loan_voices, "trainq")])
+def test_pico_stages_write_their_own_manifests(tiny_corpus, monkeypatch, name, voices, prefix):
+    voices = [v for v in voices() if v.args[1:] == ("100", "100")][:2]
+    monkeypatch.setitem(sc.EXTRA_SETS, name, sc.ExtraSet(lambda _: voices, 1.0, prefix, seed=5, strict=True))
+    sc.build_extra(tiny_corpus, hours=0.004, jobs=2, name=name)
+    manifest = tiny_corpus / "manifests" / f"train_{name}.jsonl"
     recs = read_manifest(manifest)
     train_texts = {norm for norm, _ in sc.read_sentences(tiny_corpus)["train"]}
     assert recs and {r.voice for r in recs} == {v.name for v in voices}
-    assert all(r.id.startswith("trainp_") and r.engine == "pico" and r.text in train_texts for r in recs)
+    assert all(r.id.startswith(prefix + "_") and r.engine == "pico" and r.text in train_texts for r in recs)
     for rec in recs:
         meta = info(resolve_audio(manifest, rec))
         assert meta.sample_rate == sc.ASR_SAMPLE_RATE and meta.duration > 0.05 * len(rec.text)
@@ -318,3 +319,34 @@ def test_loan_stage_gives_each_speaker_its_share(tiny_corpus, monkeypatch):
     for rec in recs:  # English read at a speaking pace: neither silence nor a spelled-out word salad
         meta = info(resolve_audio(manifest, rec))
         assert meta.sample_rate == sc.ASR_SAMPLE_RATE and 0.03 * len(rec.text) < meta.duration < 0.15 * len(rec.text)
+
+
+def _pico_seconds(engine, ph: str) -> float:
+    return len(engine.speak(f"<phoneme alphabet=\"xsampa\" ph='{ph}'/>")) / 2 / sc.PICO_SAMPLE_RATE
+
+
+def test_pico_xsampa_maps_use_only_symbols_each_voice_speaks():
+    import ttspico
+
+    english = set(sc._RADIO_VOWELS + sc._RADIO_CONSONANTS)
+    for language, table in sc.PICO_XSAMPA_MAPS.items():
+        assert set(table) == english
+        engine = ttspico.TtsEngine(language)
+        base = _pico_seconds(engine, 'ta"tata')
+        for symbol in {q for phones in table.values() for q in phones}:
+            assert 0.02 < _pico_seconds(engine, f'ta"ta{symbol}ta') - base < 0.5, (language, symbol)
+        if language == "de-DE":  # the probe's premise: a symbol the voice lacks (English /th/) is skipped
+            assert _pico_seconds(engine, 'ta"taTta') == base
+
+
+def test_pico_loan_voices_read_english_as_marked_up_phonemes():
+    voices = sc.pico_loan_voices()
+    assert len({v.name for v in voices}) == len(voices) == len(sc.PICO_LOAN_LANGUAGES) * len(sc.PICO_SETTINGS)
+    known = {v.speaker for v in sc.candidate_voices() + sc.pico_voices()}
+    assert len({v.speaker for v in voices}) == 4 and not {v.speaker for v in voices} & known
+    # "hello": German keeps the /h/, stress goes on the second syllable; Italian drops the /h/.
+    pron = sc.english_pronunciations(["hello", "ecclesiastical"])
+    assert sc.xsampa_word(pron["hello"], "de-DE") == 'h@"loU' and sc.xsampa_word(pron["hello"], "it-IT") == 'e"lou'
+    assert sc.xsampa_word(pron["ecclesiastical"], "es-ES").count('"') == 1  # later stresses are secondary
+    [markup] = sc.pico_markup(["hello hello"], "fr-FR")
+    assert markup.count("<phoneme alphabet=\"xsampa\"") == 2
