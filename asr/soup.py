@@ -29,9 +29,10 @@ from pathlib import Path
 
 import torch
 
+from asr.bundle import is_ctc_bundle
 from asr.recognizer import buffer_stats
 from audio.atomic import atomic_path
-from audio.training import CheckpointManager, init_label, read_weights
+from audio.training import CheckpointManager, init_label, mean_state_dicts, read_weights
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +61,9 @@ def _load_member(path: Path) -> dict:
         if "model" not in state:
             raise ValueError(f"{path} is not a recogniser checkpoint (no 'model' entry)")
         return state
-    config_path = path / "config.json"
-    if not config_path.is_file():
-        raise ValueError(f"{path} is not a recogniser bundle (no config.json)")
-    meta = json.loads(config_path.read_text())
+    if not is_ctc_bundle(path):
+        raise ValueError(f"{path} is not a recogniser bundle (no Glottis CTC config.json)")
+    meta = json.loads((path / "config.json").read_text())
     _, weights = read_weights(path, label="member")
     return {"config": {**meta.get("training_config", {}), "model_type": meta.get("model_type")},
             "model_config": meta.get("model_config"), "feature_config": meta.get("feature_config"),
@@ -101,16 +101,9 @@ def make_soup(members: list[str | Path], out: str | Path, weights: list[float] |
             if name in shapes and not torch.equal(state["model"][name].float(), first["model"][name].float()):
                 raise ValueError(f"{path}: its feature statistics ({name}) differ from {paths[0]}'s")
     total = sum(weights)
-    mean = {}
-    for name, value in first["model"].items():
-        if value.is_floating_point():
-            mixed = sum(w / total * state["model"][name].double() for w, state in zip(weights, states, strict=True))
-            mean[name] = mixed.to(value.dtype)
-        else:  # integer buffers (batch-norm counters) from the last member, as checkpoint averaging does
-            mean[name] = states[-1]["model"][name]
     # "averaged" named the first member's own averaged checkpoints; the soup's members are in "soup".
     soup = {k: v for k, v in first.items() if k not in ("optimizer", "scheduler", "sampler", "rng", "averaged")}
-    soup["model"] = mean
+    soup["model"] = mean_state_dicts((state["model"] for state in states), weights)
     if "feature_stats" in soup and "feat_mean" in soup["model"]:
         soup["feature_stats"] = {**soup["feature_stats"], **buffer_stats(soup["model"])}
     soup["soup"] = [init_label(p) for p in paths]

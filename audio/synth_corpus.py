@@ -335,10 +335,11 @@ FOREIGN_HOURS = 2.0
 FOREIGN_FRONT_END = "voice_kal_diphone"
 
 
-def foreign_voices() -> list[Voice]:
-    """The ``foreign`` stage's voices: each foreign diphone voice at each :data:`FOREIGN_PROSODY`."""
+def foreign_voices(table: list[tuple[str, str, float]] = FOREIGN_VOICES) -> list[Voice]:
+    """The ``foreign`` stage's voices: each diphone voice of ``table`` (function, phone map, F0 factor)
+    at each :data:`FOREIGN_PROSODY`."""
     voices = []
-    for function, language, base in FOREIGN_VOICES:
+    for function, language, base in table:
         speaker = "festival-" + function.removeprefix("voice_")
         for pitch, stretch in FOREIGN_PROSODY:
             voices.append(Voice(name=f"{speaker}-f{pitch}-d{stretch}", engine="festival", speaker=speaker,
@@ -355,11 +356,12 @@ PICO_HOURS = 2.0
 PICO_SAMPLE_RATE = 16000  # the engine's only output rate
 
 
-def pico_voices() -> list[Voice]:
-    """The ``pico`` stage's voices: each Pico English voice at each :data:`PICO_SETTINGS`."""
+def pico_voices(languages: dict[str, str] = PICO_LANGUAGES) -> list[Voice]:
+    """The ``pico`` stage's voices: each Pico voice of ``languages`` (language -> speaker; the English
+    ones by default) at each :data:`PICO_SETTINGS`."""
     return [Voice(name=f"pico-{language}-p{pitch}-r{rate}", engine="pico", speaker=f"pico-{speaker}",
                   split="train", args=(language, str(pitch), str(rate)))
-            for language, speaker in PICO_LANGUAGES.items() for pitch, rate in PICO_SETTINGS]
+            for language, speaker in languages.items() for pitch, rate in PICO_SETTINGS]
 
 
 @functools.cache
@@ -425,12 +427,7 @@ def loan_voices() -> list[Voice]:
         speaker = "festival-" + function.removeprefix("voice_")
         voices += [Voice(name=f"{speaker}-r{rate}", engine="festival", speaker=speaker, split="train",
                          args=("lexicon", function, language, f"{rate}")) for rate in rates]
-    for function, language, base in LOAN_SEGMENT_VOICES:
-        speaker = "festival-" + function.removeprefix("voice_")
-        voices += [Voice(name=f"{speaker}-f{pitch}-d{stretch}", engine="festival", speaker=speaker,
-                         split="train", args=(function, language, f"{base * pitch:.3f}", f"{stretch}"))
-                   for pitch, stretch in FOREIGN_PROSODY]
-    return voices
+    return voices + foreign_voices(LOAN_SEGMENT_VOICES)
 
 
 _SYLLABLE = re.compile(r"\(\(([^()]*)\) (\d)\)")
@@ -522,9 +519,7 @@ PICO_LOAN_HOURS = 2.0
 
 def pico_loan_voices() -> list[Voice]:
     """The ``picoloan`` stage's voices: each other-language Pico voice at each :data:`PICO_SETTINGS`."""
-    return [Voice(name=f"pico-{language}-p{pitch}-r{rate}", engine="pico", speaker=f"pico-{speaker}",
-                  split="train", args=(language, str(pitch), str(rate)))
-            for language, speaker in PICO_LOAN_LANGUAGES.items() for pitch, rate in PICO_SETTINGS]
+    return pico_voices(PICO_LOAN_LANGUAGES)
 
 
 def xsampa_word(syllables: list[tuple[list[str], bool]], language: str) -> str:

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ __all__ = [
     "warmup_decay",
     "CheckpointManager",
     "average_state_dicts",
+    "mean_state_dicts",
     "TrainLogger",
     "load_init_weights",
     "read_weights",
@@ -274,18 +276,30 @@ def write_final(exp_dir: str | os.PathLike, checkpoints: CheckpointManager, aver
 
 def average_state_dicts(paths: list[str | os.PathLike], key: str = "model") -> dict[str, torch.Tensor]:
     """Element-wise mean of the ``key`` state dicts of several checkpoints (integer buffers taken from
-    the last)."""
+    the last), read one at a time."""
     if not paths:
         raise ValueError("no checkpoints to average")
+    return mean_state_dicts(CheckpointManager.load(path)[key] for path in paths)
+
+
+def mean_state_dicts(states: Iterable[dict[str, torch.Tensor]],
+                     weights: list[float] | None = None) -> dict[str, torch.Tensor]:
+    """Element-wise weighted mean, ``sum(w * x) / sum(w)`` in float64, of state dicts with the same
+    names (equal weights by default; else one per state), as float32; integer buffers are taken from the
+    last. ``states`` may be a generator, so checkpoints are read one at a time."""
     total: dict[str, torch.Tensor] = {}
-    for path in paths:
-        state = CheckpointManager.load(path)[key]
+    weight_sum, count = 0.0, 0
+    for count, state in enumerate(states, 1):
+        weight = 1.0 if weights is None else weights[count - 1]
+        weight_sum += weight
         for name, value in state.items():
             if value.is_floating_point():
-                total[name] = total.get(name, 0) + value.double()
+                total[name] = total.get(name, 0) + weight * value.double()
             else:
                 total[name] = value
-    return {k: (v / len(paths)).float() if v.is_floating_point() else v for k, v in total.items()}
+    if weights is not None and count != len(weights):
+        raise ValueError(f"{len(weights)} weights for {count} state dicts")
+    return {k: (v / weight_sum).float() if v.is_floating_point() else v for k, v in total.items()}
 
 
 class TrainLogger:
